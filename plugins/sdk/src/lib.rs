@@ -1,0 +1,488 @@
+//! Guest-side SDK for taskhost task plugins.
+//!
+//! A plugin is a `cdylib` crate built for `wasm32-wasip2` that implements [`Plugin`] and calls
+//! [`export_plugin!`]. The SDK owns the generated WIT bindings (`wit/taskhost.wit`) and wraps
+//! every host import in a small, typed function, so plugin code deals in `serde_json::Value`
+//! and `Result` rather than raw bindings.
+//!
+//! # Example
+//!
+//! ```ignore
+//! use taskhost_plugin_sdk::{export_plugin, json, Context, Plugin, PluginInfo, TaskError, TaskType};
+//!
+//! struct Hello;
+//!
+//! impl Plugin for Hello {
+//!     fn describe() -> PluginInfo {
+//!         PluginInfo::new("hello", env!("CARGO_PKG_VERSION"), "Greets people")
+//!             .task_type(TaskType::new("greet", "Says hello", json!({
+//!                 "type": "object",
+//!                 "properties": {"name": {"type": "string"}},
+//!                 "required": ["name"],
+//!             })))
+//!     }
+//!
+//!     fn run(ctx: Context) -> Result<serde_json::Value, TaskError> {
+//!         let name = ctx.input["name"].as_str().unwrap_or("world");
+//!         taskhost_plugin_sdk::log::info(&format!("greeting {name}"));
+//!         Ok(json!({"greeting": format!("hello, {name}")}))
+//!     }
+//! }
+//!
+//! export_plugin!(Hello);
+//! ```
+//!
+//! # Capabilities
+//!
+//! Every import may answer [`HostError`] with kind `NotGranted` when the operator did not
+//! grant it; calls never trap. `std::fs` sees only the directories the operator preopened.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use serde_json::{self, Value, json};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "task-plugin",
+        pub_export_macro: true,
+        default_bindings_module: "taskhost_plugin_sdk::bindings",
+        export_macro_name: "export_raw",
+    });
+}
+
+use bindings::taskhost::plugin as imports;
+pub use imports::types::{ErrorKind, HostError};
+
+impl ErrorKind {
+    /// The kind as the WIT spells it (`not-granted`, `limit-exceeded`...), for logs and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotGranted => "not-granted",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::LimitExceeded => "limit-exceeded",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Interrupted => "interrupted",
+            ErrorKind::Failed => "failed",
+        }
+    }
+}
+
+/// What a plugin implements. `describe` and `run` are required; `validate` defaults to
+/// accepting every input that passed the type's JSON Schema.
+pub trait Plugin {
+    /// Name, version, description and task types. Called once when the plugin is loaded.
+    fn describe() -> PluginInfo;
+
+    /// Checks an input beyond its JSON Schema; called when a task is created.
+    fn validate(_task_type: &str, _input: &Value) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    /// Runs one task to its end and returns its result.
+    fn run(ctx: Context) -> Result<Value, TaskError>;
+}
+
+/// Describes a plugin to the host.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub task_types: Vec<TaskType>,
+}
+
+impl PluginInfo {
+    pub fn new(name: &str, version: &str, description: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            description: description.to_owned(),
+            task_types: Vec::new(),
+        }
+    }
+
+    pub fn task_type(mut self, task_type: TaskType) -> Self {
+        self.task_types.push(task_type);
+        self
+    }
+}
+
+/// One task type and the JSON Schema of its input.
+#[derive(Debug, Clone)]
+pub struct TaskType {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+}
+
+impl TaskType {
+    pub fn new(name: &str, description: &str, input_schema: Value) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            input_schema,
+        }
+    }
+}
+
+/// The task being run.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub task_id: String,
+    pub task_type: String,
+    pub input: Value,
+    pub attempt: u32,
+    /// The operator's `config` map for this plugin.
+    pub config: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A task failure: a stable code, a message for people and whether a retry may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl TaskError {
+    /// A failure that retrying will not fix.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// A failure that may pass on another attempt (network, rate limit, 5xx...).
+    pub fn retryable(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// Input that does not make sense for this task type.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::fatal("INVALID_INPUT", message)
+    }
+}
+
+impl From<HostError> for TaskError {
+    fn from(error: HostError) -> Self {
+        let (code, retryable) = match error.kind {
+            ErrorKind::NotGranted => ("CAPABILITY_NOT_GRANTED", false),
+            ErrorKind::Denied => ("CAPABILITY_DENIED", false),
+            ErrorKind::Invalid => ("HOST_CALL_INVALID", false),
+            ErrorKind::NotFound => ("NOT_FOUND", false),
+            ErrorKind::Unavailable => ("HOST_UNAVAILABLE", true),
+            ErrorKind::LimitExceeded => ("LIMIT_EXCEEDED", false),
+            ErrorKind::Timeout => ("TIMEOUT", true),
+            ErrorKind::Interrupted => ("INTERRUPTED", true),
+            ErrorKind::Failed => ("HOST_CALL_FAILED", true),
+        };
+        TaskError {
+            code: code.to_owned(),
+            message: error.message,
+            retryable,
+        }
+    }
+}
+
+/// Progress reporting. Build a report with [`Progress::new`] and send it with
+/// [`Progress::report`]; fields left unset keep the values last reported.
+pub mod progress {
+    use super::imports::reporting;
+
+    #[derive(Debug, Clone)]
+    pub struct Progress(reporting::Progress);
+
+    impl Default for Progress {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Progress {
+        pub fn new() -> Self {
+            Self(reporting::Progress {
+                processed: None,
+                total: None,
+                step: None,
+                message: None,
+                metrics: Vec::new(),
+            })
+        }
+
+        pub fn processed(mut self, n: u64) -> Self {
+            self.0.processed = Some(n);
+            self
+        }
+
+        pub fn total(mut self, n: u64) -> Self {
+            self.0.total = Some(n);
+            self
+        }
+
+        pub fn step(mut self, step: &str) -> Self {
+            self.0.step = Some(step.to_owned());
+            self
+        }
+
+        pub fn message(mut self, message: &str) -> Self {
+            self.0.message = Some(message.to_owned());
+            self
+        }
+
+        pub fn metric(mut self, name: &str, value: f64) -> Self {
+            self.0.metrics.push((name.to_owned(), value));
+            self
+        }
+
+        pub fn report(&self) {
+            reporting::report_progress(&self.0);
+        }
+    }
+}
+
+pub use progress::Progress;
+
+/// Lines in the task's log.
+pub mod log {
+    use super::imports::reporting::{LogLevel, log};
+
+    pub fn trace(message: &str) {
+        log(LogLevel::Trace, message);
+    }
+    pub fn debug(message: &str) {
+        log(LogLevel::Debug, message);
+    }
+    pub fn info(message: &str) {
+        log(LogLevel::Info, message);
+    }
+    pub fn warn(message: &str) {
+        log(LogLevel::Warn, message);
+    }
+    pub fn error(message: &str) {
+        log(LogLevel::Error, message);
+    }
+}
+
+/// Output items stored beside the task (one GitLab issue, one file's analysis...).
+pub mod records {
+    use super::{HostError, imports::reporting};
+
+    /// Stores `data` under (`collection`, `key`); the same pair again replaces it.
+    pub fn emit<T: serde::Serialize + ?Sized>(
+        collection: &str,
+        key: &str,
+        data: &T,
+    ) -> Result<(), HostError> {
+        let json = serde_json::to_string(data).map_err(|e| HostError {
+            kind: super::ErrorKind::Invalid,
+            message: format!("record is not serialisable: {e}"),
+        })?;
+        reporting::emit_record(collection, key, &json)
+    }
+}
+
+/// Call between units of work: waits while paused, errors with `Interrupted` when the task is
+/// being cancelled or the host shuts down.
+pub fn checkpoint() -> Result<(), HostError> {
+    imports::control::checkpoint()
+}
+
+/// Sleeps, waking early (with `Interrupted`) on cancel or shutdown.
+pub fn sleep(duration: Duration) -> Result<(), HostError> {
+    imports::control::sleep(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The plugin's private key-value store.
+pub mod kv {
+    use super::{HostError, imports::kv};
+
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        kv::get(key)
+    }
+    pub fn set(key: &str, value: &[u8]) -> Result<(), HostError> {
+        kv::set(key, value)
+    }
+    pub fn delete(key: &str) -> Result<(), HostError> {
+        kv::delete(key)
+    }
+    pub fn list_keys(prefix: &str, limit: u32) -> Result<Vec<String>, HostError> {
+        kv::list_keys(prefix, limit)
+    }
+}
+
+/// Outbound HTTP through the host's allow-list.
+pub mod http {
+    pub use super::imports::http::{Request, Response};
+    use super::{HostError, imports::http};
+
+    /// Sends `request`; any HTTP status is a response, transport failures are errors.
+    pub fn fetch(request: &Request) -> Result<Response, HostError> {
+        http::fetch(request)
+    }
+
+    /// A GET with the given headers.
+    pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, HostError> {
+        fetch(&Request {
+            method: "GET".to_owned(),
+            url: url.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: None,
+            timeout_ms: None,
+        })
+    }
+
+    impl Response {
+        /// The first header with this name, compared case-insensitively.
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+}
+
+/// Child tasks.
+pub mod tasks {
+    pub use super::imports::tasks::{SpawnRequest, TaskState};
+    use super::{HostError, imports::tasks};
+
+    /// Spawns a child task and returns its id.
+    pub fn spawn(request: &SpawnRequest) -> Result<String, HostError> {
+        tasks::spawn(request)
+    }
+
+    /// The current state of a child task.
+    pub fn child_state(id: &str) -> Result<TaskState, HostError> {
+        tasks::child_state(id)
+    }
+}
+
+/// Work delegated to registered runners.
+pub mod runners {
+    pub use super::imports::runners::{
+        JobRequest, JobState, JobStatus, JobStep, RunnerInfo, StepOutcome,
+    };
+    use super::{HostError, imports::runners};
+
+    pub fn list(labels: &[String]) -> Result<Vec<RunnerInfo>, HostError> {
+        runners::list_runners(labels)
+    }
+    pub fn dispatch(job: &JobRequest) -> Result<String, HostError> {
+        runners::dispatch(job)
+    }
+    pub fn wait(id: &str, timeout_ms: u32) -> Result<JobState, HostError> {
+        runners::wait_job(id, timeout_ms)
+    }
+    pub fn cancel(id: &str) -> Result<(), HostError> {
+        runners::cancel_job(id)
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! Glue used by [`export_plugin!`](crate::export_plugin); not part of the API.
+    use super::*;
+    use bindings::exports::taskhost::plugin::plugin as exports;
+
+    pub fn describe<P: Plugin>() -> imports::types::PluginInfo {
+        let info = P::describe();
+        imports::types::PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            task_types: info
+                .task_types
+                .into_iter()
+                .map(|t| imports::types::TaskType {
+                    name: t.name,
+                    description: t.description,
+                    input_schema: t.input_schema.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn wit_error(error: TaskError) -> exports::TaskError {
+        exports::TaskError {
+            code: error.code,
+            message: error.message,
+            retryable: error.retryable,
+        }
+    }
+
+    fn parse_input(input: &str) -> Result<Value, TaskError> {
+        serde_json::from_str(input)
+            .map_err(|e| TaskError::invalid_input(format!("input is not valid JSON: {e}")))
+    }
+
+    pub fn validate<P: Plugin>(task_type: String, input: String) -> Result<(), exports::TaskError> {
+        let input = parse_input(&input).map_err(wit_error)?;
+        P::validate(&task_type, &input).map_err(wit_error)
+    }
+
+    pub fn run<P: Plugin>(ctx: exports::TaskContext) -> Result<String, exports::TaskError> {
+        let input = parse_input(&ctx.input).map_err(wit_error)?;
+        let context = Context {
+            task_id: ctx.task_id,
+            task_type: ctx.task_type,
+            input,
+            attempt: ctx.attempt,
+            config: ctx.config.into_iter().collect(),
+            labels: ctx.labels.into_iter().collect(),
+        };
+        P::run(context)
+            .map(|value| value.to_string())
+            .map_err(wit_error)
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `taskhost:plugin/plugin`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __TaskhostPluginExport;
+
+        impl $crate::bindings::exports::taskhost::plugin::plugin::Guest for __TaskhostPluginExport {
+            fn describe() -> $crate::bindings::taskhost::plugin::types::PluginInfo {
+                $crate::__private::describe::<$plugin>()
+            }
+
+            fn validate(
+                task_type: ::std::string::String,
+                input: ::std::string::String,
+            ) -> ::std::result::Result<(), $crate::bindings::taskhost::plugin::types::TaskError>
+            {
+                $crate::__private::validate::<$plugin>(task_type, input)
+            }
+
+            fn run(
+                context: $crate::bindings::taskhost::plugin::types::TaskContext,
+            ) -> ::std::result::Result<
+                ::std::string::String,
+                $crate::bindings::taskhost::plugin::types::TaskError,
+            > {
+                $crate::__private::run::<$plugin>(context)
+            }
+        }
+
+        $crate::bindings::export_raw!(__TaskhostPluginExport);
+    };
+}
