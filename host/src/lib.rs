@@ -4,9 +4,20 @@
 //! - [`runtime`]: the wasmtime-based plugin runtime (compile, isolate, run one task).
 //! - [`registry`]: which plugin versions are loaded, from where.
 //! - [`bundled`]: the plugins compiled into the host.
+//! - [`model`]: tasks, statuses and their state machine, events.
+//! - [`storage`]: durable state behind a trait (sled embedded).
+//! - [`api`]: the HTTP API; [`app`] puts the host together; [`config`] is its settings.
+//! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
 
 #![cfg_attr(not(test), forbid(clippy::unwrap_used))]
 
+pub mod api;
+pub mod app;
+pub mod auth;
 pub mod bundled;
+pub mod config;
+pub mod engine;
+pub mod model;
 pub mod registry;
 pub mod runtime;
+pub mod storage;

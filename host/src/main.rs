@@ -1,1 +1,136 @@
-fn main() {}
+//! The `taskhost` binary: `taskhost serve` (the default) runs the host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use taskhost::config::Config;
+use tracing::{error, info};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskhost",
+    version,
+    about = "Runs background tasks as sandboxed WebAssembly plugins behind one HTTP API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8080]
+    #[arg(long, env = "TASKHOST_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./data]
+    #[arg(long, env = "TASKHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory of extra plugins (`name.wasm` with `name.toml` grants)
+    #[arg(long, env = "TASKHOST_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// TOML configuration file
+    #[arg(long, env = "TASKHOST_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<Config, taskhost::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(data_dir) = self.data_dir {
+            config.data_dir = data_dir;
+        }
+        if let Some(plugins_dir) = self.plugins_dir {
+            config.plugins_dir = Some(plugins_dir);
+        }
+        Ok(config)
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+            }),
+        )
+        .init();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(address = %config.listen, "cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = match taskhost::app::start(config).await {
+        Ok(state) => state,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(address) => info!("listening on http://{address}"),
+        Err(e) => {
+            error!("cannot read the listening address: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    taskhost::app::run(state, listener, shutdown_signal()).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,133 @@
+//! End-to-end throughput: echo tasks created over HTTP by concurrent clients against a real
+//! server on 127.0.0.1:0 (temp data dir, sled), run to completion by the testkit plugin.
+//!
+//! `cargo bench -p taskhost --bench http_throughput` prints tasks/s (first create to last
+//! completion), the HTTP create latency p50/p99 as clients saw it, and the create→completed
+//! latency p50/p99 from the tasks' own timestamps. `HTTP_BENCH_TASKS` (default 20000) and
+//! `HTTP_BENCH_CLIENTS` (default 64) change the load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use taskhost::config::Config;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn completed(client: &reqwest::Client, base: &str) -> u64 {
+    let queues: Value = client
+        .get(format!("{base}/api/v1/queues"))
+        .send()
+        .await
+        .expect("queues")
+        .json()
+        .await
+        .expect("json");
+    queues["data"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["plugin"] == "testkit"))
+        .map_or(0, |q| q["completed"].as_u64().unwrap_or(0))
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let tasks = if full {
+        env_or("HTTP_BENCH_TASKS", 20_000)
+    } else {
+        200
+    };
+    let clients = env_or("HTTP_BENCH_CLIENTS", 64).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async move {
+        let data = tempfile::tempdir().expect("temp dir");
+        let config = Config {
+            data_dir: data.path().to_owned(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            ..Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let state = taskhost::app::start(config).await.expect("host");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(taskhost::app::run(state, listener, async {
+            let _ = stopped.await;
+        }));
+
+        let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().expect("client");
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..clients {
+            let (client, base, next) = (client.clone(), base.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut ids = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < tasks {
+                    let sent = Instant::now();
+                    let response = client
+                        .post(format!("{base}/api/v1/tasks"))
+                        .json(&json!({"plugin": "testkit", "type": "echo", "input": {"hello": "world"}}))
+                        .send()
+                        .await
+                        .expect("create");
+                    assert_eq!(response.status(), 202);
+                    let task: Value = response.json().await.expect("json");
+                    latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    ids.push(task["id"].as_str().expect("id").to_owned());
+                }
+                (latencies, ids)
+            }));
+        }
+        let mut create_ms = Vec::new();
+        let mut ids = Vec::new();
+        for worker in workers {
+            let (latencies, worker_ids) = worker.await.expect("worker");
+            create_ms.extend(latencies);
+            ids.extend(worker_ids);
+        }
+        let created_in = started.elapsed();
+        while completed(&client, &base).await < tasks as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let total = started.elapsed();
+
+        // create→completed from the tasks' own timestamps (a sample of up to 2000).
+        let step = (ids.len() / 2000).max(1);
+        let mut end_to_end = Vec::new();
+        for id in ids.iter().step_by(step) {
+            let task: Value = client.get(format!("{base}/api/v1/tasks/{id}")).send().await.expect("get").json().await.expect("json");
+            let at = |f: &str| task[f].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok()).expect("timestamp");
+            end_to_end.push((at("finished_at") - at("created_at")).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        create_ms.sort_by(f64::total_cmp);
+        end_to_end.sort_by(f64::total_cmp);
+        println!(
+            "http throughput: {tasks} echo tasks, {clients} clients: {:.0} tasks/s end to end ({:.2} s), creates alone {:.0}/s",
+            tasks as f64 / total.as_secs_f64(),
+            total.as_secs_f64(),
+            tasks as f64 / created_in.as_secs_f64(),
+        );
+        println!(
+            "  POST /api/v1/tasks latency: p50 {:.2} ms, p99 {:.2} ms; create→completed: p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&create_ms, 0.5),
+            percentile(&create_ms, 0.99),
+            percentile(&end_to_end, 0.5),
+            percentile(&end_to_end, 0.99),
+        );
+        let _ = stop.send(());
+        let _ = server.await;
+    });
+}

@@ -1,0 +1,228 @@
+//! The one place errors become HTTP responses, in the API's error format:
+//! `{"error": {"code", "message", "details"}, "status", "request_id", "timestamp"}`.
+//! Host faults are logged with their cause and shown to clients only as `INTERNAL_ERROR`.
+
+use std::convert::Infallible;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tracing::error;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use super::request;
+use crate::engine::EngineError;
+use crate::registry::RegistryError;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message)
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// A host fault: the cause goes to the log under the request id, the client gets none of it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        error!(request_id = %request::id(), error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "the server failed to handle this request; it has been logged",
+        )
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = json!({
+            "error": {"code": self.code, "message": self.message, "details": self.details},
+            "status": self.status.as_u16(),
+            "request_id": request::id(),
+            "timestamp": crate::model::timestamp::format(&Utc::now()),
+        });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::TaskNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "TASK_NOT_FOUND",
+                format!("task {id} not found"),
+            ),
+            EngineError::PluginNotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "PLUGIN_NOT_FOUND",
+                format!("plugin {name} not found"),
+            ),
+            EngineError::UnsupportedTaskType { plugin, task_type } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UNSUPPORTED_TASK_TYPE",
+                format!("plugin {plugin} has no task type {task_type}"),
+            ),
+            EngineError::Validation { message, details } => {
+                ApiError::validation(message).with_details(details)
+            }
+            EngineError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+            }
+            EngineError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+            }
+            EngineError::Unavailable(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                message,
+            ),
+            EngineError::Registry(e) => e.into(),
+            EngineError::Storage(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::Load(e) => ApiError::validation(e.to_string()),
+            RegistryError::AlreadyLoaded(_) => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", error.to_string())
+            }
+            RegistryError::NotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "PLUGIN_NOT_FOUND",
+                format!("plugin {name} not found"),
+            ),
+            RegistryError::NameMismatch { .. } => ApiError::validation(error.to_string()),
+            RegistryError::GrantsFile { .. } => ApiError::validation(error.to_string()),
+            RegistryError::Persist { .. } => ApiError::internal(error),
+        }
+    }
+}
+
+/// Turns every rejection, warp's own included, into the API's error format.
+pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if let Some(api) = rejection.find::<ApiError>() {
+        ApiError {
+            status: api.status,
+            code: api.code,
+            message: api.message.clone(),
+            details: api.details.clone(),
+        }
+    } else if rejection.is_not_found() {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no route for {} {}", request::method(), request::path()),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!(
+                "{} is not allowed on {}",
+                request::method(),
+                request::path()
+            ),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "the request body is too large",
+        )
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::validation(format!("invalid query string: {e}"))
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::validation(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::validation(e.to_string())
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "VALIDATION_ERROR",
+            "unsupported content type",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "VALIDATION_ERROR",
+            "a Content-Length header is required",
+        )
+    } else {
+        ApiError::internal(format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_the_specs_statuses_and_codes() {
+        let cases: Vec<(EngineError, u16, &str)> = vec![
+            (EngineError::TaskNotFound("x".into()), 404, "TASK_NOT_FOUND"),
+            (
+                EngineError::PluginNotFound("x".into()),
+                404,
+                "PLUGIN_NOT_FOUND",
+            ),
+            (
+                EngineError::UnsupportedTaskType {
+                    plugin: "p".into(),
+                    task_type: "t".into(),
+                },
+                422,
+                "UNSUPPORTED_TASK_TYPE",
+            ),
+            (EngineError::validation("bad"), 400, "VALIDATION_ERROR"),
+            (EngineError::Conflict("dup".into()), 409, "CONFLICT"),
+            (EngineError::Forbidden("no".into()), 403, "FORBIDDEN"),
+            (
+                EngineError::Unavailable("later".into()),
+                503,
+                "SERVICE_UNAVAILABLE",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let api = ApiError::from(error);
+            assert_eq!((api.status.as_u16(), api.code), (status, code));
+        }
+    }
+
+    #[test]
+    fn storage_faults_do_not_leak_their_cause() {
+        let api = ApiError::from(EngineError::Storage(crate::storage::StorageError::Backend(
+            "/var/lib/taskhost/db: I/O error".into(),
+        )));
+        assert_eq!((api.status.as_u16(), api.code), (500, "INTERNAL_ERROR"));
+        assert!(!api.message.contains("/var/lib"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The HTTP API (`../shared/spec/API.md`), on warp. Handlers are thin: extract, authorise
+//! (through the [`Principal`] every engine call takes), call the engine, map the error in
+//! [`error`]. [`serve`] runs the routes on a listener the caller bound, so tests can bind
+//! `127.0.0.1:0`.
+
+mod error;
+mod openapi;
+mod plugins;
+mod system;
+mod tasks;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tower_service::Service;
+use tracing::{debug, info, warn};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+pub use error::ApiError;
+
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::engine::Engine;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Arc<Config>,
+    /// Set once storage is open, plugins are loaded and recovery is done.
+    pub ready: Arc<AtomicBool>,
+    pub http_requests: Arc<AtomicU64>,
+}
+
+/// The request being handled: its id (echoed or made), method and path, for error bodies and
+/// logs. Set around every request by [`serve`].
+pub mod request {
+    tokio::task_local! {
+        static CURRENT: RequestInfo;
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct RequestInfo {
+        pub id: String,
+        pub method: String,
+        pub path: String,
+    }
+
+    pub fn id() -> String {
+        CURRENT.try_with(|r| r.id.clone()).unwrap_or_default()
+    }
+
+    pub fn method() -> String {
+        CURRENT.try_with(|r| r.method.clone()).unwrap_or_default()
+    }
+
+    pub fn path() -> String {
+        CURRENT.try_with(|r| r.path.clone()).unwrap_or_default()
+    }
+
+    pub async fn scope<F: std::future::Future>(info: RequestInfo, f: F) -> F::Output {
+        CURRENT.scope(info, f).await
+    }
+}
+
+/// A JSON response with a status.
+pub fn json_reply(status: StatusCode, value: &serde_json::Value) -> Response {
+    use warp::Reply;
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+/// The response of a handler: its reply or its error, both as responses.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// The caller. Until authentication is configured, every request acts as the local admin.
+pub fn principal() -> impl Filter<Extract = (Principal,), Error = Infallible> + Clone {
+    warp::any().map(Principal::local_admin)
+}
+
+/// The request body as bytes, refused with 413 past `limit` (whether or not it says its
+/// length up front).
+pub fn body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, stream| collect_body(length, stream, limit))
+}
+
+async fn collect_body<S, B>(
+    length: Option<u64>,
+    stream: S,
+    limit: usize,
+) -> Result<Bytes, warp::Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        warp::reject::custom(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body exceeds {limit} bytes"),
+        ))
+    };
+    if length.is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
+    }
+    futures::pin_mut!(stream);
+    let mut body = Vec::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(ApiError::validation(format!(
+                "could not read the request body: {e}"
+            )))
+        })?;
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            if body.len() + part.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(body))
+}
+
+/// Parses a JSON body; a malformed one, a wrong type or an unknown field is a 400 that says
+/// what is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::validation(
+            "the request body is empty; a JSON object is expected",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))
+}
+
+/// The raw query string, empty when there is none.
+pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// Query parameters, checked strictly: unknown names and bad values are 400s, not ignored.
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    /// Parses `raw`, allowing only `known` names (and `label.<key>` when `labels`).
+    pub fn parse(raw: &str, known: &[&str], labels: bool) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
+            .into_owned()
+            .collect();
+        for (name, _) in &pairs {
+            let is_label = labels && name.strip_prefix("label.").is_some_and(|k| !k.is_empty());
+            if !known.contains(&name.as_str()) && !is_label {
+                let mut allowed: Vec<String> = known.iter().map(|k| k.to_string()).collect();
+                if labels {
+                    allowed.push("label.<key>".into());
+                }
+                return Err(
+                    ApiError::validation(format!("unknown query parameter {name:?}"))
+                        .with_details(serde_json::json!({"allowed": allowed})),
+                );
+            }
+        }
+        Ok(Self { pairs })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn labels(&self) -> Vec<(String, String)> {
+        self.pairs
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("label.").map(|k| (k.to_owned(), v.clone())))
+            .collect()
+    }
+
+    pub fn u64_in(&self, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::validation(format!("{name} must be an integer from {min} to {max}"))
+                }),
+        }
+    }
+
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        Ok(self.u64_in("limit", 1, 100, 20)? as usize)
+    }
+
+    pub fn offset(&self) -> Result<usize, ApiError> {
+        Ok(self.u64_in("offset", 0, u32::MAX as u64, 0)? as usize)
+    }
+
+    pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some("false") | Some("0") => Ok(false),
+            Some(_) => Err(ApiError::validation(format!(
+                "{name} must be true or false"
+            ))),
+        }
+    }
+
+    pub fn timestamp(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.get(name)
+            .map(|text| {
+                DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        ApiError::validation(format!("{name} must be an RFC 3339 timestamp"))
+                    })
+            })
+            .transpose()
+    }
+}
+
+/// `{"data": [...], "meta": {"total", "limit", "offset", "has_more"}}`.
+pub fn page(
+    data: Vec<serde_json::Value>,
+    total: u64,
+    limit: usize,
+    offset: usize,
+) -> serde_json::Value {
+    let has_more = (offset + data.len()) < total as usize;
+    serde_json::json!({
+        "data": data,
+        "meta": {"total": total, "limit": limit, "offset": offset, "has_more": has_more},
+    })
+}
+
+/// Every route of the host.
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let api = warp::path("api").and(warp::path("v1"));
+    let api_routes = tasks::routes(state.clone())
+        .or(plugins::routes(state.clone()))
+        .unify()
+        .or(system::api_routes(state.clone()))
+        .unify();
+    api.and(api_routes)
+        .or(system::root_routes(state))
+        .unify()
+        .recover(error::handle_rejection)
+        .unify()
+        .boxed()
+}
+
+/// Headers every response carries.
+fn secure(response: &mut Response, request_id: &str) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+}
+
+/// A client's request id is echoed when it is short and printable; otherwise one is made.
+fn request_id(headers: &warp::http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
+/// requests in flight finish (for up to 10 s).
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
+    let service = warp::service(routes(state.clone()));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = service.clone();
+        let counter = state.http_requests.clone();
+        let handler =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut service = service.clone();
+                counter.fetch_add(1, Ordering::Relaxed);
+                let info = request::RequestInfo {
+                    id: request_id(request.headers()),
+                    method: request.method().to_string(),
+                    path: request.uri().path().to_owned(),
+                };
+                async move {
+                    let id = info.id.clone();
+                    let mut response = request::scope(info, service.call(request)).await?;
+                    secure(&mut response, &id);
+                    Ok::<_, Infallible>(response)
+                }
+            });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    info!("no longer accepting connections");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after 10 s; closing them");
+    }
+}

@@ -1,0 +1,367 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3 description of the API, built from [`ROUTES`],
+//! the one table of every route (the tests walk it to reach every route).
+
+use serde_json::{Map, Value, json};
+
+/// One route: method, path, summary, success status, request and response schema names.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub status: u16,
+    pub request: Option<&'static str>,
+    pub response: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    status: u16,
+    request: Option<&'static str>,
+    response: &'static str,
+) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        status,
+        request,
+        response,
+    }
+}
+
+pub const ROUTES: &[Route] = &[
+    route(
+        "post",
+        "/api/v1/tasks",
+        "Create a task",
+        202,
+        Some("CreateTask"),
+        "Task",
+    ),
+    route(
+        "get",
+        "/api/v1/tasks",
+        "List tasks (filters: status, plugin, type, owner, label.<key>, created_after, created_before; sort, order, limit, offset)",
+        200,
+        None,
+        "TaskPage",
+    ),
+    route("get", "/api/v1/tasks/{id}", "Get a task", 200, None, "Task"),
+    route(
+        "delete",
+        "/api/v1/tasks/{id}",
+        "Cancel a task",
+        200,
+        None,
+        "Task",
+    ),
+    route(
+        "put",
+        "/api/v1/tasks/{id}",
+        "Report status, result, error or progress of an external task",
+        200,
+        Some("TaskUpdate"),
+        "Task",
+    ),
+    route(
+        "post",
+        "/api/v1/tasks/{id}/pause",
+        "Pause a task",
+        200,
+        None,
+        "Task",
+    ),
+    route(
+        "post",
+        "/api/v1/tasks/{id}/resume",
+        "Resume a paused task",
+        200,
+        None,
+        "Task",
+    ),
+    route(
+        "post",
+        "/api/v1/tasks/{id}/retry",
+        "Retry a failed or cancelled task",
+        200,
+        None,
+        "Task",
+    ),
+    route(
+        "post",
+        "/api/v1/tasks/{id}/progress",
+        "Report progress of an external task",
+        200,
+        Some("ProgressReport"),
+        "Task",
+    ),
+    route(
+        "get",
+        "/api/v1/tasks/{id}/progress",
+        "Get a task's progress",
+        200,
+        None,
+        "TaskProgressView",
+    ),
+    route(
+        "get",
+        "/api/v1/tasks/{id}/events",
+        "A task's events after a seq (after_seq, limit)",
+        200,
+        None,
+        "EventPage",
+    ),
+    route(
+        "get",
+        "/api/v1/tasks/{id}/logs",
+        "A task's log lines (since, limit; follow=true streams server-sent events)",
+        200,
+        None,
+        "LogPage",
+    ),
+    route(
+        "get",
+        "/api/v1/tasks/{id}/records",
+        "Records a task emitted (collection, limit, offset)",
+        200,
+        None,
+        "RecordPage",
+    ),
+    route(
+        "post",
+        "/api/v1/tasks/{id}/messages",
+        "Send a message to a task's subscribers",
+        202,
+        Some("Message"),
+        "Event",
+    ),
+    route(
+        "get",
+        "/api/v1/plugins",
+        "List plugins",
+        200,
+        None,
+        "PluginList",
+    ),
+    route(
+        "post",
+        "/api/v1/plugins",
+        "Upload a plugin component (application/wasm; grants as JSON in ?grants= or multipart)",
+        201,
+        Some("Component"),
+        "Plugin",
+    ),
+    route(
+        "get",
+        "/api/v1/plugins/{name}",
+        "Get a plugin",
+        200,
+        None,
+        "Plugin",
+    ),
+    route(
+        "put",
+        "/api/v1/plugins/{name}",
+        "Replace a plugin (hot reload)",
+        200,
+        Some("Component"),
+        "Plugin",
+    ),
+    route(
+        "delete",
+        "/api/v1/plugins/{name}",
+        "Unload a plugin (force=true cancels its running tasks)",
+        200,
+        None,
+        "Object",
+    ),
+    route(
+        "get",
+        "/api/v1/queues",
+        "Per-plugin queue counts",
+        200,
+        None,
+        "QueueList",
+    ),
+    route(
+        "post",
+        "/api/v1/queues/{plugin}/pause",
+        "Pause a plugin's queue",
+        200,
+        None,
+        "Queue",
+    ),
+    route(
+        "post",
+        "/api/v1/queues/{plugin}/resume",
+        "Resume a plugin's queue",
+        200,
+        None,
+        "Queue",
+    ),
+    route(
+        "delete",
+        "/api/v1/queues/{plugin}/failed",
+        "Delete a plugin's failed tasks",
+        200,
+        None,
+        "Object",
+    ),
+    route(
+        "get",
+        "/api/v1/health",
+        "Health; details=true adds storage, runtime and queues",
+        200,
+        None,
+        "Object",
+    ),
+    route(
+        "get",
+        "/api/v1/stats",
+        "Task statistics (label.<key>, created_after, created_before)",
+        200,
+        None,
+        "Object",
+    ),
+    route(
+        "get",
+        "/api/v1/openapi.json",
+        "This document",
+        200,
+        None,
+        "Object",
+    ),
+    route(
+        "get",
+        "/health",
+        "Liveness and version (no authentication)",
+        200,
+        None,
+        "Object",
+    ),
+    route("get", "/health/live", "Liveness probe", 200, None, "Object"),
+    route(
+        "get",
+        "/health/ready",
+        "Readiness probe (503 until storage and plugins are loaded)",
+        200,
+        None,
+        "Object",
+    ),
+    route("get", "/metrics", "Prometheus metrics", 200, None, "Text"),
+];
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for Route {
+        method,
+        path,
+        summary,
+        status,
+        request,
+        response,
+    } in ROUTES
+    {
+        let parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut operation = json!({
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {
+                status.to_string(): {"description": "success", "content": {"application/json": {"schema": schema_ref(response)}}},
+                "default": {"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}},
+            },
+        });
+        if let Some(request) = request {
+            let media = if *request == "Component" {
+                "application/wasm"
+            } else {
+                "application/json"
+            };
+            operation["requestBody"] =
+                json!({"required": true, "content": {media: {"schema": schema_ref(request)}}});
+        }
+        let public = path.starts_with("/health") || *path == "/metrics";
+        if public {
+            operation["security"] = json!([]);
+        }
+        paths
+            .entry(path.to_string())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|item| item.insert(method.to_string(), operation));
+    }
+    let object = json!({"type": "object"});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "taskhost", "version": env!("CARGO_PKG_VERSION"), "description": "Background tasks of many job families, each a sandboxed WebAssembly plugin, behind one API."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Task": {"type": "object", "required": ["id", "plugin", "type", "status"], "properties": {
+                    "id": {"type": "string"}, "plugin": {"type": "string"}, "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["queued", "scheduled", "running", "paused", "completed", "failed", "cancelled"]},
+                    "executor": {"type": "string", "enum": ["plugin", "external"]},
+                    "input": object, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "priority": {"type": "integer"}, "owner": {"type": "string"}, "progress": schema_ref("Progress"),
+                    "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"}, "timeout_s": {"type": "integer"},
+                    "result": {}, "error": schema_ref("TaskError"), "depends_on": {"type": "array", "items": {"type": "string"}},
+                    "parent_id": {"type": "string", "nullable": true},
+                    "created_at": {"type": "string", "format": "date-time"}, "scheduled_at": {"type": "string", "format": "date-time", "nullable": true},
+                    "started_at": {"type": "string", "format": "date-time", "nullable": true}, "finished_at": {"type": "string", "format": "date-time", "nullable": true},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                }},
+                "CreateTask": {"type": "object", "required": ["plugin", "type"], "additionalProperties": false, "properties": {
+                    "plugin": {"type": "string"}, "type": {"type": "string"}, "input": {}, "id": {"type": "string"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}}, "priority": {"type": "integer"},
+                    "max_attempts": {"type": "integer"}, "timeout_s": {"type": "integer"}, "run_at": {"type": "string", "format": "date-time"},
+                    "depends_on": {"type": "array", "items": {"type": "string"}}, "executor": {"type": "string", "enum": ["plugin", "external"]},
+                }},
+                "Progress": {"type": "object", "properties": {
+                    "processed": {"type": "integer", "nullable": true}, "total": {"type": "integer", "nullable": true},
+                    "percentage": {"type": "number", "nullable": true}, "current_step": {"type": "string", "nullable": true},
+                    "message": {"type": "string", "nullable": true}, "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                }},
+                "ProgressReport": {"type": "object", "additionalProperties": false, "properties": {
+                    "processed": {"type": "integer"}, "total": {"type": "integer"}, "current_step": {"type": "string"},
+                    "message": {"type": "string"}, "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                }},
+                "TaskUpdate": {"type": "object", "additionalProperties": false, "properties": {
+                    "status": {"type": "string"}, "result": {}, "error": schema_ref("TaskError"), "progress": schema_ref("ProgressReport"),
+                }},
+                "TaskError": {"type": "object", "nullable": true, "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}},
+                "TaskProgressView": object,
+                "Event": {"type": "object", "properties": {
+                    "seq": {"type": "integer"}, "task_id": {"type": "string"}, "type": {"type": "string"}, "data": {}, "timestamp": {"type": "string", "format": "date-time"},
+                }},
+                "Message": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}, "data": {}}},
+                "TaskPage": {"type": "object", "properties": {"data": {"type": "array", "items": schema_ref("Task")}, "meta": schema_ref("PageMeta")}},
+                "EventPage": {"type": "object", "properties": {"data": {"type": "array", "items": schema_ref("Event")}, "meta": object}},
+                "LogPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": object}},
+                "RecordPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": schema_ref("PageMeta")}},
+                "PageMeta": {"type": "object", "properties": {"total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"}, "has_more": {"type": "boolean"}}},
+                "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object,
+                "Component": {"type": "string", "format": "binary"},
+                "Text": {"type": "string"},
+                "Error": {"type": "object", "properties": {
+                    "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": object}},
+                    "status": {"type": "integer"}, "request_id": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
+                }},
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
+    })
+}

@@ -1,0 +1,226 @@
+//! Plugin routes under `/api/v1/plugins`: list, inspect, upload, replace, unload.
+//!
+//! An upload's body is the component (`application/wasm`), with the operator's grants as JSON
+//! in the `grants` query parameter; or `multipart/form-data` with a `component` part and an
+//! optional `grants` part.
+
+use bytes::{Buf, Bytes};
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::{ApiError, AppState, Query, body, json_reply, principal, raw_query, respond};
+use crate::auth::Principal;
+use crate::registry::LoadedPlugin;
+use crate::runtime::Grants;
+
+/// The API view of a loaded plugin.
+pub fn plugin_json(state: &AppState, loaded: &LoadedPlugin) -> Value {
+    let plugin = &loaded.plugin;
+    let info = plugin.info();
+    let grants = plugin.grants();
+    let counts = state
+        .engine
+        .queues()
+        .ok()
+        .and_then(|queues| queues.into_iter().find(|q| q.plugin == info.name));
+    json!({
+        "name": info.name,
+        "version": info.version,
+        "description": info.description,
+        "task_types": info.task_types,
+        "grants": {
+            "http": {"allow": grants.http.allow},
+            "fs": grants.fs.iter().map(|m| json!({"guest": m.guest, "rw": m.rw})).collect::<Vec<_>>(),
+            "config_keys": grants.config.keys().collect::<Vec<_>>(),
+        },
+        "limits": grants.limits,
+        "state": if state.engine.is_queue_paused(&info.name) { "paused" } else { "active" },
+        "source": loaded.source,
+        "digest": plugin.digest(),
+        "size_bytes": plugin.size_bytes(),
+        "loaded_at": crate::model::timestamp::format(&loaded.loaded_at),
+        "running": state.engine.running_tasks_of(&info.name),
+        "task_counts": counts,
+    })
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let limit = state.config.max_plugin_bytes;
+    let with_state = warp::any().map(move || state.clone());
+
+    let list = warp::path!("plugins")
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .then(|_p: Principal, s: AppState| async move {
+            let data: Vec<Value> = s
+                .engine
+                .registry()
+                .list()
+                .iter()
+                .map(|l| plugin_json(&s, l))
+                .collect();
+            respond(Ok(json_reply(StatusCode::OK, &json!({"data": data}))))
+        });
+    let get = warp::path!("plugins" / String)
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .then(|name: String, _p: Principal, s: AppState| async move {
+            respond(
+                s.engine
+                    .registry()
+                    .get(&name)
+                    .map(|l| json_reply(StatusCode::OK, &plugin_json(&s, &l)))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "PLUGIN_NOT_FOUND",
+                            format!("plugin {name} not found"),
+                        )
+                    }),
+            )
+        });
+    let upload = warp::path!("plugins")
+        .and(warp::post())
+        .and(principal())
+        .and(with_state.clone())
+        .and(raw_query())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(body(limit))
+        .then(
+            |p: Principal, s: AppState, q: String, ct: Option<String>, b: Bytes| async move {
+                respond(
+                    async {
+                        let (component, grants) =
+                            component_and_grants(&q, ct.as_deref(), b).await?;
+                        let loaded = s
+                            .engine
+                            .install_plugin(&p, &component, grants.unwrap_or_default())
+                            .await?;
+                        Ok(json_reply(StatusCode::CREATED, &plugin_json(&s, &loaded)))
+                    }
+                    .await,
+                )
+            },
+        );
+    let replace =
+        warp::path!("plugins" / String)
+            .and(warp::put())
+            .and(principal())
+            .and(with_state.clone())
+            .and(raw_query())
+            .and(warp::header::optional::<String>("content-type"))
+            .and(body(limit))
+            .then(
+                |name: String,
+                 p: Principal,
+                 s: AppState,
+                 q: String,
+                 ct: Option<String>,
+                 b: Bytes| async move {
+                    respond(
+                        async {
+                            let (component, grants) =
+                                component_and_grants(&q, ct.as_deref(), b).await?;
+                            let loaded = s
+                                .engine
+                                .replace_plugin(&p, &name, &component, grants)
+                                .await?;
+                            Ok(json_reply(StatusCode::OK, &plugin_json(&s, &loaded)))
+                        }
+                        .await,
+                    )
+                },
+            );
+    let unload = warp::path!("plugins" / String)
+        .and(warp::delete())
+        .and(principal())
+        .and(with_state)
+        .and(raw_query())
+        .then(
+            |name: String, p: Principal, s: AppState, q: String| async move {
+                respond(
+                    async {
+                        let query = Query::parse(&q, &["force"], false)?;
+                        s.engine
+                            .unload_plugin(&p, &name, query.bool("force")?)
+                            .await?;
+                        Ok(json_reply(
+                            StatusCode::OK,
+                            &json!({"name": name, "unloaded": true}),
+                        ))
+                    }
+                    .await,
+                )
+            },
+        );
+    list.or(get)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(replace)
+        .unify()
+        .or(unload)
+        .unify()
+        .boxed()
+}
+
+fn parse_grants(text: &str) -> Result<Grants, ApiError> {
+    Grants::from_json(text).map_err(|e| ApiError::validation(format!("invalid grants: {e}")))
+}
+
+/// The component bytes and grants of an upload, from a raw body or a multipart form.
+async fn component_and_grants(
+    raw_query: &str,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<(Bytes, Option<Grants>), ApiError> {
+    let query = Query::parse(raw_query, &["grants"], false)?;
+    let query_grants = query.get("grants").map(parse_grants).transpose()?;
+    let Some(boundary) = content_type
+        .filter(|ct| ct.starts_with("multipart/form-data"))
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+    else {
+        if body.is_empty() {
+            return Err(ApiError::validation(
+                "the body must be the plugin component (application/wasm)",
+            ));
+        }
+        return Ok((body, query_grants));
+    };
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut component = None;
+    let mut grants = query_grants;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::validation(format!("invalid multipart body: {e}")))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::validation(format!("invalid multipart part {name}: {e}")))?;
+        match name.as_str() {
+            "component" => component = Some(data),
+            "grants" => {
+                grants = Some(parse_grants(
+                    std::str::from_utf8(data.chunk()).unwrap_or(""),
+                )?)
+            }
+            other => {
+                return Err(ApiError::validation(format!(
+                    "unknown multipart part {other:?}; expected component and grants"
+                )));
+            }
+        }
+    }
+    let component = component
+        .ok_or_else(|| ApiError::validation("the multipart body has no component part"))?;
+    Ok((component, grants))
+}

@@ -1,0 +1,520 @@
+//! Task routes under `/api/v1/tasks`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::{
+    ApiError, AppState, Query, body, json_reply, page, parse_json, principal, raw_query, respond,
+};
+use crate::auth::Principal;
+use crate::engine::{NewTask, ProgressReport, TaskUpdate};
+use crate::model::{EventKind, Executor, TaskStatus};
+use crate::storage::{SortField, TaskQuery};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTaskBody {
+    plugin: String,
+    #[serde(rename = "type")]
+    task_type: String,
+    #[serde(default = "empty_object")]
+    input: Value,
+    id: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    priority: Option<i32>,
+    max_attempts: Option<u32>,
+    timeout_s: Option<u64>,
+    run_at: Option<String>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(default)]
+    executor: Executor,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let limit = state.config.max_body_bytes;
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let task = |tail: &'static str| {
+        warp::path("tasks")
+            .and(warp::path::param::<String>())
+            .and(warp::path(tail))
+            .and(warp::path::end())
+    };
+
+    let create = warp::path!("tasks")
+        .and(warp::post())
+        .and(principal())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(
+            |p: Principal, s: AppState, b: Bytes| async move { respond(create(&p, &s, &b).await) },
+        );
+    let list = warp::path!("tasks")
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .and(raw_query())
+        .then(|p: Principal, s: AppState, q: String| async move { respond(list(&p, &s, &q)) });
+    let get = warp::path!("tasks" / String)
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond(
+                s.engine
+                    .get(&p, &id)
+                    .map(|t| json_reply(StatusCode::OK, &t.to_api()))
+                    .map_err(Into::into),
+            )
+        });
+    let cancel = warp::path!("tasks" / String)
+        .and(warp::delete())
+        .and(principal())
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond(
+                s.engine
+                    .cancel(&p, &id)
+                    .await
+                    .map(|t| json_reply(StatusCode::OK, &t.to_api()))
+                    .map_err(Into::into),
+            )
+        });
+    let update = warp::path!("tasks" / String)
+        .and(warp::put())
+        .and(principal())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(
+            |id: String, p: Principal, s: AppState, b: Bytes| async move {
+                respond(
+                    async {
+                        let update: TaskUpdate = parse_json(&b)?;
+                        let task = s.engine.report_update(&p, &id, update).await?;
+                        Ok(json_reply(StatusCode::OK, &task.to_api()))
+                    }
+                    .await,
+                )
+            },
+        );
+    let control = |action: &'static str| {
+        task(action)
+            .and(warp::post())
+            .and(principal())
+            .and(with_state.clone())
+            .then(move |id: String, p: Principal, s: AppState| async move {
+                let result = match action {
+                    "pause" => s.engine.pause(&p, &id).await,
+                    "resume" => s.engine.resume(&p, &id).await,
+                    _ => s.engine.retry(&p, &id).await,
+                };
+                respond(
+                    result
+                        .map(|t| json_reply(StatusCode::OK, &t.to_api()))
+                        .map_err(Into::into),
+                )
+            })
+    };
+    let report_progress = task("progress")
+        .and(warp::post())
+        .and(principal())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(
+            |id: String, p: Principal, s: AppState, b: Bytes| async move {
+                respond(
+                    async {
+                        let report: ProgressReport = parse_json(&b)?;
+                        let task = s.engine.report_progress(&p, &id, report).await?;
+                        Ok(json_reply(StatusCode::OK, &task.to_api()))
+                    }
+                    .await,
+                )
+            },
+        );
+    let get_progress = task("progress")
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond(s.engine.get(&p, &id).map_err(Into::into).map(|t| {
+                json_reply(
+                    StatusCode::OK,
+                    &json!({"task_id": t.id, "status": t.status, "progress": t.progress}),
+                )
+            }))
+        });
+    let events = task("events")
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .and(raw_query())
+        .then(
+            |id: String, p: Principal, s: AppState, q: String| async move {
+                respond(events(&p, &s, &id, &q))
+            },
+        );
+    let logs = task("logs")
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .and(raw_query())
+        .then(
+            |id: String, p: Principal, s: AppState, q: String| async move {
+                respond(logs(&p, &s, &id, &q))
+            },
+        );
+    let records = task("records")
+        .and(warp::get())
+        .and(principal())
+        .and(with_state.clone())
+        .and(raw_query())
+        .then(
+            |id: String, p: Principal, s: AppState, q: String| async move {
+                respond(records(&p, &s, &id, &q))
+            },
+        );
+    let message = task("messages")
+        .and(warp::post())
+        .and(principal())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(
+            |id: String, p: Principal, s: AppState, b: Bytes| async move {
+                respond(
+                    async {
+                        let message: MessageBody = parse_json(&b)?;
+                        let event = s
+                            .engine
+                            .post_message(&p, &id, &message.kind, message.data)?;
+                        Ok(json_reply(StatusCode::ACCEPTED, &event.to_api()))
+                    }
+                    .await,
+                )
+            },
+        );
+
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(update)
+        .unify()
+        .or(control("pause"))
+        .unify()
+        .or(control("resume"))
+        .unify()
+        .or(control("retry"))
+        .unify()
+        .or(report_progress)
+        .unify()
+        .or(get_progress)
+        .unify()
+        .or(events)
+        .unify()
+        .or(logs)
+        .unify()
+        .or(records)
+        .unify()
+        .or(message)
+        .unify()
+        .boxed()
+}
+
+async fn create(
+    principal: &Principal,
+    state: &AppState,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let request: CreateTaskBody = parse_json(body)?;
+    let run_at = request
+        .run_at
+        .map(|text| {
+            DateTime::parse_from_rfc3339(&text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ApiError::validation("run_at must be an RFC 3339 timestamp"))
+        })
+        .transpose()?;
+    let new = NewTask {
+        id: request.id,
+        plugin: request.plugin,
+        task_type: request.task_type,
+        input: request.input,
+        labels: request.labels,
+        priority: request.priority,
+        max_attempts: request.max_attempts,
+        timeout_s: request.timeout_s,
+        run_at,
+        depends_on: request.depends_on,
+        executor: request.executor,
+    };
+    let task = state.engine.create(principal, new).await?;
+    Ok(json_reply(StatusCode::ACCEPTED, &task.to_api()))
+}
+
+fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Response, ApiError> {
+    let query = Query::parse(
+        raw,
+        &[
+            "status",
+            "plugin",
+            "type",
+            "owner",
+            "created_after",
+            "created_before",
+            "sort",
+            "order",
+            "limit",
+            "offset",
+        ],
+        true,
+    )?;
+    let status = query
+        .get("status")
+        .map(|s| {
+            TaskStatus::parse(s)
+                .ok_or_else(|| ApiError::validation(format!("unknown status {s:?}")))
+        })
+        .transpose()?;
+    let sort = match query.get("sort") {
+        None | Some("created_at") => SortField::CreatedAt,
+        Some("updated_at") => SortField::UpdatedAt,
+        Some("priority") => SortField::Priority,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "sort must be created_at, updated_at or priority, not {other:?}"
+            )));
+        }
+    };
+    let ascending = match query.get("order") {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "order must be asc or desc, not {other:?}"
+            )));
+        }
+    };
+    let (limit, offset) = (query.limit()?, query.offset()?);
+    let task_query = TaskQuery {
+        status,
+        plugin: query.get("plugin").map(str::to_owned),
+        task_type: query.get("type").map(str::to_owned),
+        owner: query.get("owner").map(str::to_owned),
+        labels: query.labels(),
+        created_after: query.timestamp("created_after")?,
+        created_before: query.timestamp("created_before")?,
+        sort,
+        ascending,
+        limit,
+        offset,
+    };
+    let (tasks, total) = state.engine.list(principal, task_query)?;
+    let data = tasks.iter().map(|t| t.to_api()).collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &page(data, total, limit, offset),
+    ))
+}
+
+fn events(
+    principal: &Principal,
+    state: &AppState,
+    id: &str,
+    raw: &str,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw, &["after_seq", "limit"], false)?;
+    let after_seq = query.u64_in("after_seq", 0, u64::MAX, 0)?;
+    let limit = query.u64_in("limit", 1, 1000, 100)? as usize;
+    let events = state.engine.events(principal, id, after_seq, limit + 1)?;
+    let has_more = events.len() > limit;
+    let data: Vec<Value> = events.iter().take(limit).map(|e| e.to_api()).collect();
+    let next = events[..events.len().min(limit)]
+        .last()
+        .map_or(after_seq, |e| e.seq);
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"data": data, "meta": {"after_seq": after_seq, "next_after_seq": next, "limit": limit, "has_more": has_more}}),
+    ))
+}
+
+fn logs(
+    principal: &Principal,
+    state: &AppState,
+    id: &str,
+    raw: &str,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw, &["since", "limit", "follow"], false)?;
+    let limit = query.u64_in("limit", 1, 1000, 100)? as usize;
+    // `since` is a log seq, or a timestamp.
+    let (after_seq, since_time) = match query.get("since") {
+        None => (0, None),
+        Some(text) => match text.parse::<u64>() {
+            Ok(seq) => (seq, None),
+            Err(_) => (0, query.timestamp("since")?),
+        },
+    };
+    if query.bool("follow")? {
+        return follow_logs(principal, state, id, after_seq, since_time);
+    }
+    let (_, entries) = state.engine.logs(principal, id, after_seq, usize::MAX)?;
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .filter(|e| since_time.is_none_or(|t| e.timestamp > t))
+        .take(limit)
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"data": entries, "meta": {"limit": limit}}),
+    ))
+}
+
+/// Server-sent events: the stored lines after `after_seq`, then new ones as they are written,
+/// until the task ends. Subscribing before reading the stored lines leaves no gap; the seq
+/// check leaves no duplicate.
+fn follow_logs(
+    principal: &Principal,
+    state: &AppState,
+    id: &str,
+    after_seq: u64,
+    since_time: Option<DateTime<Utc>>,
+) -> Result<Response, ApiError> {
+    use warp::Reply;
+    let mut live = state.engine.storage().subscribe();
+    let (task, stored) = state.engine.logs(principal, id, after_seq, usize::MAX)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<warp::sse::Event>(256);
+    let id = id.to_owned();
+    let engine = state.engine.clone();
+    let principal = principal.clone();
+    let line = |seq: u64, entry: Value| {
+        warp::sse::Event::default()
+            .event("log")
+            .id(seq.to_string())
+            .data(entry.to_string())
+    };
+    tokio::spawn(async move {
+        let mut last = after_seq;
+        for entry in stored
+            .into_iter()
+            .filter(|e| since_time.is_none_or(|t| e.timestamp > t))
+        {
+            last = entry.seq;
+            if sender
+                .send(line(
+                    entry.seq,
+                    serde_json::to_value(&entry).unwrap_or_default(),
+                ))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if task.status.is_terminal() {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(event) if event.task_id == id && event.seq > last => match event.kind {
+                    EventKind::Log => {
+                        last = event.seq;
+                        let entry = json!({
+                            "seq": event.seq,
+                            "level": event.data["level"],
+                            "message": event.data["message"],
+                            "timestamp": crate::model::timestamp::format(&event.timestamp),
+                        });
+                        if sender.send(line(event.seq, entry)).await.is_err() {
+                            return;
+                        }
+                    }
+                    EventKind::Completed | EventKind::Failed | EventKind::Cancelled => return,
+                    _ => {}
+                },
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind the live feed: catch up from storage, then go on.
+                    let Ok((task, missed)) = engine.logs(&principal, &id, last, usize::MAX) else {
+                        return;
+                    };
+                    for entry in missed {
+                        last = entry.seq;
+                        if sender
+                            .send(line(
+                                entry.seq,
+                                serde_json::to_value(&entry).unwrap_or_default(),
+                            ))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    if task.status.is_terminal() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), receiver))
+    });
+    Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
+}
+
+fn records(
+    principal: &Principal,
+    state: &AppState,
+    id: &str,
+    raw: &str,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw, &["collection", "limit", "offset"], false)?;
+    let (limit, offset) = (query.limit()?, query.offset()?);
+    let (records, total) =
+        state
+            .engine
+            .records(principal, id, query.get("collection"), limit, offset)?;
+    let data = records
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &page(data, total, limit, offset),
+    ))
+}

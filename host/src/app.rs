@@ -1,0 +1,83 @@
+//! Putting the host together: storage, runtime, plugins, engine and API, in that order, and
+//! taking them down again on shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::registry::{PluginRegistry, RegistryError};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::storage::{SledStorage, Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot load the bundled plugins: {0}")]
+    Plugins(#[from] RegistryError),
+    #[error("cannot start the engine: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// Opens storage, loads plugins and starts the engine.
+pub async fn start(mut config: Config) -> Result<AppState, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.database_dir())?);
+    if config.runtime.cache_dir.is_none() {
+        config.runtime.cache_dir = Some(config.compile_cache_dir());
+    }
+    let runtime = Runtime::new(config.runtime.clone())?;
+    let registry = Arc::new(PluginRegistry::new(
+        runtime,
+        Some(config.installed_plugins_dir()),
+    ));
+    registry.load_bundled(&config.plugins).await?;
+    // Plugins installed over the API in an earlier run, then the operator's directory.
+    let mut dirs = vec![config.installed_plugins_dir()];
+    dirs.extend(config.plugins_dir.clone());
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        for (path, error) in registry.load_dir(dir).await {
+            warn!(path = %path.display(), %error, "skipped plugin");
+        }
+    }
+    let engine = Engine::start(storage, registry.clone(), config.engine.clone()).await?;
+    info!(
+        plugins = registry.list().len(),
+        data_dir = %config.data_dir.display(),
+        "host started"
+    );
+    Ok(AppState {
+        engine,
+        config: Arc::new(config),
+        ready: Arc::new(AtomicBool::new(true)),
+        http_requests: Arc::new(AtomicU64::new(0)),
+    })
+}
+
+/// Serves until `shutdown` resolves, then stops taking requests and work, puts running tasks
+/// back (after letting them reach a checkpoint) and flushes storage.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    api::serve(listener, state.clone(), shutdown).await;
+    state.ready.store(false, Ordering::Release);
+    state.engine.shutdown().await;
+}

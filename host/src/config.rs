@@ -1,0 +1,128 @@
+//! Host configuration: one typed struct, read from a TOML file (`--config`), with the listen
+//! address, data directory and plugins directory overridable by flags and environment.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"          # TASKHOST_LISTEN / --listen
+//! data_dir = "./data"                # TASKHOST_DATA_DIR / --data-dir
+//! plugins_dir = "./plugins"          # TASKHOST_PLUGINS_DIR / --plugins-dir (optional)
+//! max_body_bytes = 1048576           # request bodies (413 above)
+//! max_plugin_bytes = 67108864        # plugin uploads (413 above)
+//!
+//! [engine]                           # see EngineConfig
+//! default_max_attempts = 3
+//! retry_base_ms = 1000
+//! retry_max_ms = 300000
+//! cancel_grace_s = 5
+//! shutdown_grace_s = 10
+//!
+//! [runtime]                          # see RuntimeConfig
+//! max_instances = 256
+//! max_memory_mb = 4096
+//!
+//! [plugins.testkit]                  # grants for a bundled or plugins-dir plugin, as in a .toml
+//! limits = { memory_mb = 64 }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineConfig;
+use crate::runtime::{Grants, RuntimeConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Where the database, compile cache and installed plugins live.
+    pub data_dir: PathBuf,
+    /// Extra `.wasm` plugins (with `.toml` grants) loaded at start.
+    pub plugins_dir: Option<PathBuf>,
+    /// Largest request body, except plugin uploads.
+    pub max_body_bytes: usize,
+    /// Largest plugin upload.
+    pub max_plugin_bytes: usize,
+    pub engine: EngineConfig,
+    pub runtime: RuntimeConfig,
+    /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
+    /// without a `.toml` of their own.
+    pub plugins: BTreeMap<String, Grants>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            plugins_dir: None,
+            max_body_bytes: 1 << 20,
+            max_plugin_bytes: 64 << 20,
+            engine: EngineConfig::default(),
+            runtime: RuntimeConfig::default(),
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, grants) in &self.plugins {
+            grants
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("plugins.{name}: {e}")))?;
+        }
+        if self.max_body_bytes < 1024 || self.max_plugin_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "body limits must be at least 1024 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    pub fn compile_cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+
+    /// Where plugins installed over the API are kept.
+    pub fn installed_plugins_dir(&self) -> PathBuf {
+        self.data_dir.join("plugins")
+    }
+}

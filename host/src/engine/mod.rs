@@ -1,0 +1,1253 @@
+//! The task engine: creates tasks, schedules them onto plugins, runs them, retries them and
+//! keeps their state — durably, through [`Storage`], with one state machine
+//! ([`TaskStatus::can_become`]) applied by [`transition`] for every change.
+//!
+//! Every operation takes the [`Principal`] asking, and checks it here, so that no caller can
+//! reach a task without an authorisation decision. Every state change is stored together with
+//! its event, which carries a host-wide `seq`.
+
+mod error;
+mod scheduler;
+mod services;
+mod stats;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tracing::warn;
+
+pub use error::EngineError;
+pub use stats::{Stats, StatsQuery};
+
+use crate::auth::{Principal, TaskAction};
+use crate::model::{
+    Event, EventKind, Executor, LogEntry, NewEvent, Record, Task, TaskProgress, TaskStatus,
+};
+use crate::registry::{LoadedPlugin, PluginRegistry};
+use crate::runtime::{Grants, TaskControl, TaskFailure};
+use crate::storage::{Durability, Storage, StorageError, TaskQuery};
+use scheduler::Scheduler;
+
+/// Engine settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `max_attempts` of a task that does not say.
+    pub default_max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter, up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long a cancelled run may take to stop before it is killed.
+    pub cancel_grace_s: u64,
+    /// How long shutdown waits for running tasks to reach a checkpoint.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            default_max_attempts: 3,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            cancel_grace_s: 5,
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+/// What a client asks for when creating a task.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    pub id: Option<String>,
+    pub plugin: String,
+    pub task_type: String,
+    pub input: Value,
+    pub labels: BTreeMap<String, String>,
+    pub priority: Option<i32>,
+    pub max_attempts: Option<u32>,
+    pub timeout_s: Option<u64>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub depends_on: Vec<String>,
+    pub executor: Executor,
+}
+
+/// A progress report for an external task.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    pub processed: Option<u64>,
+    pub total: Option<u64>,
+    pub current_step: Option<String>,
+    pub message: Option<String>,
+    pub metrics: Option<BTreeMap<String, f64>>,
+}
+
+/// A status report for an external task.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskUpdate {
+    pub status: Option<TaskStatus>,
+    pub result: Option<Value>,
+    pub error: Option<ReportedError>,
+    pub progress: Option<ProgressReport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// One plugin's queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueInfo {
+    pub plugin: String,
+    pub paused: bool,
+    pub queued: u64,
+    pub scheduled: u64,
+    pub running: u64,
+    #[serde(rename = "paused_tasks")]
+    pub paused_count: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// A run in flight.
+struct RunningTask {
+    control: TaskControl,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    storage: Arc<dyn Storage>,
+    durability: Durability,
+    registry: Arc<PluginRegistry>,
+    config: EngineConfig,
+    sched: Mutex<Scheduler>,
+    running: Mutex<HashMap<String, RunningTask>>,
+    /// Wakes the dispatcher: new ready work or a free slot.
+    wake: Notify,
+    stopping: AtomicBool,
+    /// Compiled input schemas by (plugin digest, task type).
+    validators: Mutex<HashMap<(String, String), Arc<jsonschema::Validator>>>,
+    started_at: Instant,
+}
+
+const MAX_LABELS: usize = 32;
+const MAX_DEPENDENCIES: usize = 100;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies `next` to `task` if the state machine allows it, stamping the times it implies.
+pub(crate) fn transition(task: &mut Task, next: TaskStatus) -> Result<(), EngineError> {
+    if !task.status.can_become(next) {
+        return Err(EngineError::Conflict(format!(
+            "task {} cannot go from {} to {}",
+            task.id, task.status, next
+        )));
+    }
+    let now = Utc::now();
+    task.status = next;
+    task.updated_at = now;
+    if next.is_terminal() {
+        task.finished_at = Some(now);
+    }
+    Ok(())
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+fn valid_label_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
+fn valid_label_value(value: &str) -> bool {
+    value.len() <= 256 && !value.chars().any(|c| c.is_control() || c == '=')
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && !name.chars().any(|c| c.is_control() || c == '/')
+}
+
+impl Engine {
+    /// Opens the engine over `storage`: recovers runs a crash interrupted, rebuilds the
+    /// schedule and starts dispatching.
+    pub async fn start(
+        storage: Arc<dyn Storage>,
+        registry: Arc<PluginRegistry>,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let inner = Arc::new(Inner {
+            durability: Durability::new(storage.clone()),
+            storage,
+            registry,
+            config,
+            sched: Mutex::new(Scheduler::default()),
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            validators: Mutex::new(HashMap::new()),
+            started_at: Instant::now(),
+        });
+        inner.recover().await?;
+        tokio::spawn(inner.clone().dispatch_loop());
+        Ok(Self { inner })
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    pub fn registry(&self) -> &Arc<PluginRegistry> {
+        &self.inner.registry
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started_at.elapsed()
+    }
+
+    /// Stops taking work, asks running tasks to stop at their next checkpoint, waits up to the
+    /// grace period, then kills what is left; every stopped run goes back to the queue.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
+
+    fn load(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self
+            .inner
+            .storage
+            .get_task(id)?
+            .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
+        // A task the caller may not read does not exist for it.
+        if !principal.may_read(&task) {
+            return Err(EngineError::TaskNotFound(id.to_owned()));
+        }
+        Ok(task)
+    }
+
+    /// Validates and stores a new task, then schedules it. Returns once the task is durable.
+    pub async fn create(&self, principal: &Principal, new: NewTask) -> Result<Task, EngineError> {
+        self.create_task(principal, new, None).await
+    }
+
+    pub(crate) async fn create_task(
+        &self,
+        principal: &Principal,
+        new: NewTask,
+        parent_id: Option<String>,
+    ) -> Result<Task, EngineError> {
+        if !principal.may(&new.plugin, TaskAction::Create) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not create tasks of {}",
+                principal.name, new.plugin
+            )));
+        }
+        let timeout_limit = self.check_new_task(&new).await?;
+        let now = Utc::now();
+        let id = new
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let scheduled = new.run_at.filter(|at| *at > now);
+        let mut task = Task {
+            id,
+            plugin: new.plugin,
+            task_type: new.task_type,
+            status: if scheduled.is_some() {
+                TaskStatus::Scheduled
+            } else {
+                TaskStatus::Queued
+            },
+            executor: new.executor,
+            input: new.input,
+            sealed_input: None,
+            labels: new.labels,
+            priority: new.priority.unwrap_or(0),
+            owner: principal.name.clone(),
+            progress: TaskProgress::default(),
+            attempt: 0,
+            max_attempts: new
+                .max_attempts
+                .unwrap_or(self.inner.config.default_max_attempts),
+            timeout_s: new.timeout_s.unwrap_or(timeout_limit).min(timeout_limit),
+            result: None,
+            error: None,
+            depends_on: new.depends_on,
+            parent_id,
+            created_at: now,
+            scheduled_at: scheduled,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        };
+        let second = match task.status {
+            TaskStatus::Scheduled => NewEvent::new(
+                EventKind::Queued,
+                json!({"status": "scheduled", "scheduled_at": scheduled.map(|t| crate::model::timestamp::format(&t))}),
+            ),
+            _ => NewEvent::new(EventKind::Queued, json!({"status": "queued"})),
+        };
+        let created = NewEvent::new(
+            EventKind::Created,
+            json!({"plugin": task.plugin, "type": task.task_type, "priority": task.priority}),
+        );
+        self.inner
+            .storage
+            .create_task(&task, &[created, second])
+            .map_err(|e| match e {
+                StorageError::Duplicate(id) => {
+                    EngineError::Conflict(format!("task {id} already exists"))
+                }
+                other => other.into(),
+            })?;
+        self.inner.durability.sync().await?;
+        if let Some(updated) = self.inner.schedule(&task)? {
+            task = updated;
+        }
+        Ok(task)
+    }
+
+    /// Checks a new task against the plugin and the API's rules; returns its timeout limit.
+    async fn check_new_task(&self, new: &NewTask) -> Result<u64, EngineError> {
+        if let Some(id) = &new.id
+            && !valid_id(id)
+        {
+            return Err(EngineError::validation(
+                "id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+            ));
+        }
+        if new.labels.len() > MAX_LABELS {
+            return Err(EngineError::validation(format!(
+                "at most {MAX_LABELS} labels"
+            )));
+        }
+        for (key, value) in &new.labels {
+            if !valid_label_key(key) || !valid_label_value(value) {
+                return Err(EngineError::validation(format!(
+                    "label {key:?}: keys are 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '/'; \
+                     values at most 256 characters without control characters or '='"
+                )));
+            }
+        }
+        if let Some(priority) = new.priority
+            && !(-1000..=1000).contains(&priority)
+        {
+            return Err(EngineError::validation(
+                "priority must be between -1000 and 1000",
+            ));
+        }
+        if let Some(attempts) = new.max_attempts
+            && !(1..=100).contains(&attempts)
+        {
+            return Err(EngineError::validation(
+                "max_attempts must be between 1 and 100",
+            ));
+        }
+        if let Some(timeout) = new.timeout_s
+            && !(1..=7 * 86_400).contains(&timeout)
+        {
+            return Err(EngineError::validation(
+                "timeout_s must be between 1 and 604800",
+            ));
+        }
+        if new.depends_on.len() > MAX_DEPENDENCIES {
+            return Err(EngineError::validation(format!(
+                "at most {MAX_DEPENDENCIES} dependencies"
+            )));
+        }
+        for dependency in &new.depends_on {
+            if !valid_id(dependency) || self.inner.storage.get_task(dependency)?.is_none() {
+                return Err(EngineError::Validation {
+                    message: format!("dependency {dependency} does not exist"),
+                    details: json!({"field": "depends_on"}),
+                });
+            }
+        }
+        if new.executor == Executor::External {
+            if !valid_name(&new.plugin) || !valid_name(&new.task_type) {
+                return Err(EngineError::validation(
+                    "plugin and type of an external task are 1-128 characters without '/' or control characters",
+                ));
+            }
+            return Ok(7 * 86_400);
+        }
+        let loaded = self
+            .inner
+            .registry
+            .get(&new.plugin)
+            .ok_or_else(|| EngineError::PluginNotFound(new.plugin.clone()))?;
+        let plugin = &loaded.plugin;
+        let task_type = plugin.info().task_type(&new.task_type).ok_or_else(|| {
+            EngineError::UnsupportedTaskType {
+                plugin: new.plugin.clone(),
+                task_type: new.task_type.clone(),
+            }
+        })?;
+        self.check_schema(
+            plugin.digest(),
+            &task_type.name,
+            &task_type.input_schema,
+            &new.input,
+        )?;
+        plugin
+            .validate(&new.task_type, &new.input.to_string())
+            .await
+            .map_err(|failure| EngineError::Validation {
+                message: failure.message,
+                details: json!({"code": failure.code}),
+            })?;
+        Ok(plugin.grants().limits.timeout_s)
+    }
+
+    fn check_schema(
+        &self,
+        digest: &str,
+        task_type: &str,
+        schema: &Value,
+        input: &Value,
+    ) -> Result<(), EngineError> {
+        let cache_key = (digest.to_owned(), task_type.to_owned());
+        let validator = {
+            let mut validators = lock(&self.inner.validators);
+            match validators.get(&cache_key) {
+                Some(v) => v.clone(),
+                None => {
+                    let compiled = jsonschema::validator_for(schema).map_err(|e| {
+                        warn!(%task_type, error = %e, "plugin declares an unusable input schema");
+                        EngineError::Unavailable(format!(
+                            "the input schema of {task_type} cannot be used; the plugin must be fixed"
+                        ))
+                    })?;
+                    let compiled = Arc::new(compiled);
+                    validators.insert(cache_key, compiled.clone());
+                    compiled
+                }
+            }
+        };
+        let errors: Vec<Value> = validator
+            .iter_errors(input)
+            .take(10)
+            .map(|e| json!({"path": e.instance_path().to_string(), "message": e.to_string()}))
+            .collect();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let first = errors[0]["message"]
+            .as_str()
+            .unwrap_or("invalid")
+            .to_owned();
+        Err(EngineError::Validation {
+            message: format!("input does not match the {task_type} schema: {first}"),
+            details: json!({"errors": errors}),
+        })
+    }
+
+    pub fn get(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        self.load(principal, id)
+    }
+
+    /// A page of tasks the principal may read.
+    pub fn list(
+        &self,
+        principal: &Principal,
+        mut query: TaskQuery,
+    ) -> Result<(Vec<Task>, u64), EngineError> {
+        if !principal.is_admin() {
+            match &query.owner {
+                Some(owner) if owner != &principal.name => return Ok((Vec::new(), 0)),
+                _ => query.owner = Some(principal.name.clone()),
+            }
+        }
+        Ok(self.inner.storage.list_tasks(&query)?)
+    }
+
+    /// Cancels a task. A running plugin is asked to stop, then killed after the grace period;
+    /// this returns once the task is cancelled (or has ended otherwise).
+    pub async fn cancel(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self.load(principal, id)?;
+        if !principal.may_control(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not cancel task {id}",
+                principal.name
+            )));
+        }
+        if task.status.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "task {id} is already {}",
+                task.status
+            )));
+        }
+        let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
+        match control {
+            Some(control) => {
+                let mut events = self.inner.storage.subscribe();
+                control.cancel();
+                let grace = Duration::from_secs(self.inner.config.cancel_grace_s);
+                let killer = control.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    killer.kill();
+                });
+                let ended = async {
+                    loop {
+                        match events.recv().await {
+                            Ok(event) if event.task_id == id && is_final_event(&event) => return,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                if self
+                                    .inner
+                                    .storage
+                                    .get_task(id)
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|t| t.status.is_terminal())
+                                {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(grace + Duration::from_secs(2), ended).await;
+                self.load(principal, id)
+            }
+            None => {
+                let (task, _) = self.inner.modify(id, |task| {
+                    transition(task, TaskStatus::Cancelled)?;
+                    Ok(vec![NewEvent::new(
+                        EventKind::Cancelled,
+                        json!({"reason": "cancelled by request"}),
+                    )])
+                })?;
+                lock(&self.inner.sched).remove(id);
+                self.inner.durability.sync().await?;
+                self.inner.on_terminal(&task);
+                Ok(task)
+            }
+        }
+    }
+
+    /// Pauses a task: a running plugin at its next checkpoint, a waiting task at once.
+    pub async fn pause(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self.load(principal, id)?;
+        if !principal.may_control(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not pause task {id}",
+                principal.name
+            )));
+        }
+        let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
+        if let Some(control) = control {
+            if !control.pause() {
+                return Err(EngineError::Conflict(format!("task {id} is stopping")));
+            }
+            // Give a cooperative plugin a moment to reach its checkpoint, so the answer shows it.
+            for _ in 0..50 {
+                let current = self.load(principal, id)?;
+                if current.status != TaskStatus::Running {
+                    return Ok(current);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return self.load(principal, id);
+        }
+        let (task, _) = self.inner.modify(id, |task| {
+            transition(task, TaskStatus::Paused)?;
+            Ok(vec![NewEvent::new(EventKind::Paused, json!({}))])
+        })?;
+        lock(&self.inner.sched).remove(id);
+        self.inner.durability.sync().await?;
+        Ok(task)
+    }
+
+    pub async fn resume(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self.load(principal, id)?;
+        if !principal.may_control(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not resume task {id}",
+                principal.name
+            )));
+        }
+        if task.status != TaskStatus::Paused {
+            return Err(EngineError::Conflict(format!(
+                "task {id} is {}, not paused",
+                task.status
+            )));
+        }
+        let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
+        if let Some(control) = control {
+            control.resume();
+            for _ in 0..50 {
+                let current = self.load(principal, id)?;
+                if current.status != TaskStatus::Paused {
+                    return Ok(current);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return self.load(principal, id);
+        }
+        let next = if task.executor == Executor::External && task.started_at.is_some() {
+            TaskStatus::Running
+        } else {
+            TaskStatus::Queued
+        };
+        let (task, _) = self.inner.modify(id, |task| {
+            transition(task, next)?;
+            Ok(vec![NewEvent::new(
+                EventKind::Resumed,
+                json!({"status": next}),
+            )])
+        })?;
+        self.inner.durability.sync().await?;
+        Ok(self.inner.schedule(&task)?.unwrap_or(task))
+    }
+
+    /// Runs a failed or cancelled task again from its first attempt.
+    pub async fn retry(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self.load(principal, id)?;
+        if !principal.may_control(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not retry task {id}",
+                principal.name
+            )));
+        }
+        if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Err(EngineError::Conflict(format!(
+                "only failed or cancelled tasks can be retried; task {id} is {}",
+                task.status
+            )));
+        }
+        let (task, _) = self.inner.modify(id, |task| {
+            transition(task, TaskStatus::Queued)?;
+            task.attempt = 0;
+            task.error = None;
+            task.result = None;
+            task.finished_at = None;
+            task.scheduled_at = None;
+            Ok(vec![NewEvent::new(
+                EventKind::Queued,
+                json!({"status": "queued", "retry": true}),
+            )])
+        })?;
+        self.inner.durability.sync().await?;
+        Ok(self.inner.schedule(&task)?.unwrap_or(task))
+    }
+
+    fn load_external(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self
+            .inner
+            .storage
+            .get_task(id)?
+            .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
+        if !principal.may_read(&task) && !principal.may_report(&task) {
+            return Err(EngineError::TaskNotFound(id.to_owned()));
+        }
+        if !principal.may_report(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not report on task {id}",
+                principal.name
+            )));
+        }
+        if task.executor != Executor::External {
+            return Err(EngineError::Conflict(format!(
+                "task {id} is run by plugin {}; only external tasks take reports",
+                task.plugin
+            )));
+        }
+        Ok(task)
+    }
+
+    /// Progress reported by whatever performs an external task; a queued task starts.
+    pub async fn report_progress(
+        &self,
+        principal: &Principal,
+        id: &str,
+        report: ProgressReport,
+    ) -> Result<Task, EngineError> {
+        self.load_external(principal, id)?;
+        let (task, _) = self.inner.modify(id, |task| {
+            let mut events = Vec::new();
+            if task.status == TaskStatus::Queued {
+                transition(task, TaskStatus::Running)?;
+                task.attempt += 1;
+                task.started_at = Some(Utc::now());
+                events.push(NewEvent::new(
+                    EventKind::Started,
+                    json!({"attempt": task.attempt}),
+                ));
+            }
+            if task.status != TaskStatus::Running {
+                return Err(EngineError::Conflict(format!(
+                    "task {id} is {}; progress needs a running task",
+                    task.status
+                )));
+            }
+            apply_progress(&mut task.progress, &report)?;
+            task.updated_at = Utc::now();
+            events.push(NewEvent::new(
+                EventKind::Progress,
+                serde_json::to_value(&task.progress).unwrap_or_default(),
+            ));
+            Ok(events)
+        })?;
+        self.inner.durability.sync().await?;
+        Ok(task)
+    }
+
+    /// Status, result, error and progress reported for an external task.
+    pub async fn report_update(
+        &self,
+        principal: &Principal,
+        id: &str,
+        update: TaskUpdate,
+    ) -> Result<Task, EngineError> {
+        self.load_external(principal, id)?;
+        let (task, _) = self.inner.modify(id, |task| {
+            let mut events = Vec::new();
+            if let Some(next) = update.status
+                && next != task.status
+            {
+                let was = task.status;
+                transition(task, next)?;
+                let kind = match next {
+                    TaskStatus::Running if was == TaskStatus::Paused => EventKind::Resumed,
+                    TaskStatus::Running => {
+                        task.attempt += 1;
+                        task.started_at = Some(Utc::now());
+                        EventKind::Started
+                    }
+                    TaskStatus::Paused => EventKind::Paused,
+                    TaskStatus::Completed => EventKind::Completed,
+                    TaskStatus::Failed => EventKind::Failed,
+                    TaskStatus::Cancelled => EventKind::Cancelled,
+                    TaskStatus::Queued | TaskStatus::Scheduled => EventKind::Queued,
+                };
+                if next == TaskStatus::Failed && update.error.is_none() && task.error.is_none() {
+                    task.error = Some(TaskFailure::new(
+                        "EXTERNAL_FAILURE",
+                        "reported as failed",
+                        false,
+                    ));
+                }
+                events.push(NewEvent::new(
+                    kind,
+                    json!({"status": next, "attempt": task.attempt}),
+                ));
+            }
+            if let Some(progress) = &update.progress {
+                apply_progress(&mut task.progress, progress)?;
+                events.push(NewEvent::new(
+                    EventKind::Progress,
+                    serde_json::to_value(&task.progress).unwrap_or_default(),
+                ));
+            }
+            if let Some(result) = &update.result {
+                task.result = Some(result.clone());
+            }
+            if let Some(error) = &update.error {
+                task.error = Some(TaskFailure::new(
+                    &error.code,
+                    error.message.clone(),
+                    error.retryable,
+                ));
+            }
+            if task.status == TaskStatus::Completed
+                && let (Some(total), None) = (task.progress.total, task.progress.processed)
+            {
+                task.progress.processed = Some(total);
+                task.progress.refresh_percentage();
+            }
+            task.updated_at = Utc::now();
+            Ok(events)
+        })?;
+        self.inner.durability.sync().await?;
+        if task.status.is_terminal() {
+            self.inner.on_terminal(&task);
+        }
+        Ok(task)
+    }
+
+    pub fn events(
+        &self,
+        principal: &Principal,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.load(principal, id)?;
+        Ok(self.inner.storage.events(Some(id), after_seq, limit)?)
+    }
+
+    pub fn logs(
+        &self,
+        principal: &Principal,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Task, Vec<LogEntry>), EngineError> {
+        let task = self.load(principal, id)?;
+        let logs = self.inner.storage.logs(id, after_seq, limit)?;
+        Ok((task, logs))
+    }
+
+    pub fn records(
+        &self,
+        principal: &Principal,
+        id: &str,
+        collection: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Record>, u64), EngineError> {
+        self.load(principal, id)?;
+        Ok(self.inner.storage.records(id, collection, limit, offset)?)
+    }
+
+    /// Sends a message to the task's stream subscribers (stored as a `message` event).
+    pub fn post_message(
+        &self,
+        principal: &Principal,
+        id: &str,
+        kind: &str,
+        data: Value,
+    ) -> Result<Event, EngineError> {
+        let task = self.load(principal, id)?;
+        if !principal.may_control(&task) && !principal.may_report(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not message task {id}",
+                principal.name
+            )));
+        }
+        if kind.is_empty() || kind.len() > 64 {
+            return Err(EngineError::validation(
+                "message type must be 1-64 characters",
+            ));
+        }
+        let events = self.inner.storage.append_events(
+            &task,
+            &[NewEvent::new(
+                EventKind::Message,
+                json!({"type": kind, "data": data}),
+            )],
+        )?;
+        events
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Storage(StorageError::Backend("no event stored".into())))
+    }
+
+    /// Every loaded plugin's queue, and queues of tasks whose plugin is gone.
+    pub fn queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        let counts = self.inner.storage.status_counts()?;
+        let paused = self.inner.storage.paused_queues()?;
+        let mut names: Vec<String> = self
+            .inner
+            .registry
+            .list()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect();
+        names.extend(counts.keys().cloned());
+        names.sort();
+        names.dedup();
+        Ok(names
+            .into_iter()
+            .map(|plugin| {
+                let c = counts.get(&plugin);
+                let n = |s: TaskStatus| c.and_then(|c| c.get(&s)).copied().unwrap_or(0);
+                QueueInfo {
+                    paused: paused.contains(&plugin),
+                    queued: n(TaskStatus::Queued),
+                    scheduled: n(TaskStatus::Scheduled),
+                    running: n(TaskStatus::Running),
+                    paused_count: n(TaskStatus::Paused),
+                    completed: n(TaskStatus::Completed),
+                    failed: n(TaskStatus::Failed),
+                    cancelled: n(TaskStatus::Cancelled),
+                    plugin,
+                }
+            })
+            .collect())
+    }
+
+    fn known_queue(&self, plugin: &str) -> Result<(), EngineError> {
+        if self.inner.registry.get(plugin).is_some()
+            || self.inner.storage.status_counts()?.contains_key(plugin)
+        {
+            Ok(())
+        } else {
+            Err(EngineError::PluginNotFound(plugin.to_owned()))
+        }
+    }
+
+    pub async fn set_queue_paused(
+        &self,
+        principal: &Principal,
+        plugin: &str,
+        paused: bool,
+    ) -> Result<QueueInfo, EngineError> {
+        if !principal.may_manage_plugins() {
+            return Err(EngineError::Forbidden(
+                "pausing queues needs plugins:manage".into(),
+            ));
+        }
+        self.known_queue(plugin)?;
+        self.inner.storage.set_queue_paused(plugin, paused)?;
+        self.inner.durability.sync().await?;
+        lock(&self.inner.sched).set_queue_paused(plugin, paused);
+        self.inner.wake.notify_one();
+        self.queues()?
+            .into_iter()
+            .find(|q| q.plugin == plugin)
+            .ok_or_else(|| EngineError::PluginNotFound(plugin.to_owned()))
+    }
+
+    /// Deletes the failed tasks of a plugin; returns how many.
+    pub async fn clear_failed(
+        &self,
+        principal: &Principal,
+        plugin: &str,
+    ) -> Result<u64, EngineError> {
+        if !principal.may_manage_plugins() {
+            return Err(EngineError::Forbidden(
+                "clearing queues needs plugins:manage".into(),
+            ));
+        }
+        self.known_queue(plugin)?;
+        let query = TaskQuery {
+            status: Some(TaskStatus::Failed),
+            plugin: Some(plugin.to_owned()),
+            limit: usize::MAX,
+            ..TaskQuery::default()
+        };
+        let (failed, _) = self.inner.storage.list_tasks(&query)?;
+        let mut removed = 0;
+        for task in failed {
+            if self.inner.storage.delete_task(&task.id)? {
+                removed += 1;
+            }
+        }
+        self.inner.durability.sync().await?;
+        Ok(removed)
+    }
+
+    pub fn stats(&self, principal: &Principal, query: StatsQuery) -> Result<Stats, EngineError> {
+        let owner = (!principal.is_admin()).then(|| principal.name.clone());
+        stats::compute(self.inner.storage.as_ref(), &query, owner)
+    }
+
+    /// Tasks of `plugin` that are running now.
+    pub fn running_tasks_of(&self, plugin: &str) -> usize {
+        lock(&self.inner.sched).running(plugin)
+    }
+
+    pub fn is_queue_paused(&self, plugin: &str) -> bool {
+        lock(&self.inner.sched).is_queue_paused(plugin)
+    }
+
+    /// Installs an uploaded plugin.
+    pub async fn install_plugin(
+        &self,
+        principal: &Principal,
+        bytes: &[u8],
+        grants: Grants,
+    ) -> Result<Arc<LoadedPlugin>, EngineError> {
+        require_manage(principal)?;
+        let loaded = self.inner.registry.install(bytes, grants).await?;
+        self.inner.wake.notify_one();
+        Ok(loaded)
+    }
+
+    /// Replaces a plugin; running tasks finish on the version they started on.
+    pub async fn replace_plugin(
+        &self,
+        principal: &Principal,
+        name: &str,
+        bytes: &[u8],
+        grants: Option<Grants>,
+    ) -> Result<Arc<LoadedPlugin>, EngineError> {
+        require_manage(principal)?;
+        let loaded = self.inner.registry.replace(name, bytes, grants).await?;
+        self.inner.wake.notify_one();
+        Ok(loaded)
+    }
+
+    /// Unloads a plugin; refused while its tasks run unless `force`, which cancels them.
+    pub async fn unload_plugin(
+        &self,
+        principal: &Principal,
+        name: &str,
+        force: bool,
+    ) -> Result<(), EngineError> {
+        require_manage(principal)?;
+        if self.inner.registry.get(name).is_none() {
+            return Err(EngineError::PluginNotFound(name.to_owned()));
+        }
+        let running: Vec<String> = self
+            .inner
+            .storage
+            .task_ids_with_status(TaskStatus::Running)?
+            .into_iter()
+            .chain(
+                self.inner
+                    .storage
+                    .task_ids_with_status(TaskStatus::Paused)?,
+            )
+            .filter(|id| lock(&self.inner.running).contains_key(id))
+            .filter(|id| {
+                self.inner
+                    .storage
+                    .get_task(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| t.plugin == name)
+            })
+            .collect();
+        if !running.is_empty() && !force {
+            return Err(EngineError::Conflict(format!(
+                "{} task(s) of {name} are running; unload with force=true to cancel them",
+                running.len()
+            )));
+        }
+        for id in running {
+            // Ended meanwhile is fine.
+            let _ = self.cancel(principal, &id).await;
+        }
+        self.inner
+            .registry
+            .unload(name)
+            .await
+            .map_err(|_| EngineError::PluginNotFound(name.to_owned()))?;
+        Ok(())
+    }
+}
+
+fn require_manage(principal: &Principal) -> Result<(), EngineError> {
+    if principal.may_manage_plugins() {
+        Ok(())
+    } else {
+        Err(EngineError::Forbidden(
+            "managing plugins needs plugins:manage".into(),
+        ))
+    }
+}
+
+fn is_final_event(event: &Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Completed | EventKind::Failed | EventKind::Cancelled | EventKind::Retrying
+    ) || (event.kind == EventKind::Queued && event.data.get("requeued").is_some())
+}
+
+fn apply_progress(progress: &mut TaskProgress, report: &ProgressReport) -> Result<(), EngineError> {
+    if let (Some(done), Some(total)) = (
+        report.processed.or(progress.processed),
+        report.total.or(progress.total),
+    ) && done > total
+    {
+        return Err(EngineError::validation("processed cannot exceed total"));
+    }
+    for text in [&report.current_step, &report.message]
+        .into_iter()
+        .flatten()
+    {
+        if text.len() > 1024 {
+            return Err(EngineError::validation(
+                "current_step and message are at most 1024 characters",
+            ));
+        }
+    }
+    if let Some(metrics) = &report.metrics
+        && (metrics.len() > 64 || metrics.values().any(|v| !v.is_finite()))
+    {
+        return Err(EngineError::validation(
+            "at most 64 metrics, each a finite number",
+        ));
+    }
+    if report.processed.is_some() {
+        progress.processed = report.processed;
+    }
+    if report.total.is_some() {
+        progress.total = report.total;
+    }
+    if report.current_step.is_some() {
+        progress.current_step = report.current_step.clone();
+    }
+    if report.message.is_some() {
+        progress.message = report.message.clone();
+    }
+    if let Some(metrics) = &report.metrics {
+        progress
+            .metrics
+            .extend(metrics.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    progress.refresh_percentage();
+    Ok(())
+}
+
+impl Inner {
+    /// [`schedule_new`](Self::schedule_new), then lets dependents of a task that failed at
+    /// once follow it.
+    fn schedule(&self, task: &Task) -> Result<Option<Task>, EngineError> {
+        let failed = self.schedule_new(task)?;
+        if let Some(failed) = &failed {
+            self.on_terminal(failed);
+        }
+        Ok(failed)
+    }
+
+    /// Reads a task, lets `change` edit it and name its events, and writes it back — retrying
+    /// when someone else changed the task in between.
+    pub(crate) fn modify(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Task) -> Result<Vec<NewEvent>, EngineError>,
+    ) -> Result<(Task, Vec<Event>), EngineError> {
+        for _ in 0..16 {
+            let stored = self
+                .storage
+                .get_task(id)?
+                .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
+            let mut task = stored.clone();
+            let events = change(&mut task)?;
+            match self.storage.update_task(&task, stored.status, &events) {
+                Ok(events) => return Ok((task, events)),
+                Err(StorageError::StatusChanged { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Conflict(format!(
+            "task {id} is changing too fast; try again"
+        )))
+    }
+
+    /// Puts a task that was just created, resumed or retried where the scheduler will find it.
+    /// Returns the task if it changed (a failed dependency fails it at once).
+    fn schedule_new(&self, task: &Task) -> Result<Option<Task>, EngineError> {
+        if task.executor == Executor::External {
+            return Ok(None);
+        }
+        let mut sched = lock(&self.sched);
+        match task.status {
+            TaskStatus::Scheduled => {
+                let due = task.scheduled_at.map_or(0, |t| t.timestamp_millis());
+                sched.push_delayed(&task.plugin, &task.id, due);
+            }
+            TaskStatus::Queued => {
+                // Checked under the scheduler lock: a dependency that ends meanwhile takes its
+                // dependents under the same lock, after its terminal status is stored.
+                let mut pending = Vec::new();
+                for dependency in &task.depends_on {
+                    match self.storage.get_task(dependency)?.map(|d| d.status) {
+                        Some(TaskStatus::Completed) => {}
+                        Some(TaskStatus::Failed | TaskStatus::Cancelled) | None => {
+                            drop(sched);
+                            let failed = self.fail_for_dependency(&task.id, dependency)?;
+                            return Ok(failed);
+                        }
+                        Some(_) => pending.push(dependency.clone()),
+                    }
+                }
+                if pending.is_empty() {
+                    sched.push_ready(
+                        &task.plugin,
+                        &task.id,
+                        task.priority,
+                        task.created_at.timestamp_millis(),
+                    );
+                    drop(sched);
+                    self.wake.notify_one();
+                } else {
+                    sched.wait_for(&task.id, &pending);
+                }
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    fn fail_for_dependency(&self, id: &str, dependency: &str) -> Result<Option<Task>, EngineError> {
+        let result = self.modify(id, |task| {
+            if task.status != TaskStatus::Queued {
+                return Err(EngineError::Conflict("no longer waiting".into()));
+            }
+            transition(task, TaskStatus::Failed)?;
+            let failure = TaskFailure::new(
+                "DEPENDENCY_FAILED",
+                format!("dependency {dependency} did not complete"),
+                false,
+            );
+            task.error = Some(failure.clone());
+            Ok(vec![NewEvent::new(
+                EventKind::Failed,
+                json!({"error": failure}),
+            )])
+        });
+        match result {
+            Ok((task, _)) => Ok(Some(task)),
+            Err(EngineError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a task ended: its dependents may run, or fail in turn.
+    pub(crate) fn on_terminal(&self, task: &Task) {
+        let mut finished = vec![task.clone()];
+        while let Some(done) = finished.pop() {
+            let dependents = lock(&self.sched).take_dependents(&done.id);
+            for dependent_id in dependents {
+                let Ok(Some(dependent)) = self.storage.get_task(&dependent_id) else {
+                    continue;
+                };
+                if dependent.status != TaskStatus::Queued {
+                    continue;
+                }
+                if done.status == TaskStatus::Completed {
+                    // Ready once every other dependency is complete too; re-checking through
+                    // schedule_new also re-registers waits for the ones still pending.
+                    match self.schedule_new(&dependent) {
+                        Ok(Some(failed)) => finished.push(failed),
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(task = %dependent_id, error = %e, "could not schedule dependent")
+                        }
+                    }
+                } else {
+                    match self.fail_for_dependency(&dependent_id, &done.id) {
+                        Ok(Some(failed)) => finished.push(failed),
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(task = %dependent_id, error = %e, "could not fail dependent")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Running tasks: recovery after a crash, the dispatch loop that starts ready tasks within each
+//! plugin's concurrency, the run itself, what its outcome means for the task (complete, retry
+//! with backoff, fail, requeue) and graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::services::EngineServices;
+use super::{EngineError, Inner, RunningTask, lock, transition};
+use crate::model::{EventKind, Executor, NewEvent, Task, TaskStatus};
+use crate::runtime::{Directive, Invocation, RunOutcome, TaskControl, TaskFailure};
+
+/// Longest the dispatcher sleeps without a wake-up (a safety net, not the mechanism).
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+impl Inner {
+    /// Brings storage and the scheduler in line after a start: runs a crash interrupted go
+    /// back to the queue (or fail when out of attempts), waiting tasks are scheduled again.
+    pub(super) async fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
+        for paused in self.storage.paused_queues()? {
+            lock(&self.sched).set_queue_paused(&paused, true);
+        }
+        let mut requeued = 0usize;
+        // Runs a crash interrupted. A paused task stays paused (its owner asked for that);
+        // resuming it queues it again.
+        for id in self.storage.task_ids_with_status(TaskStatus::Running)? {
+            let Some(task) = self.storage.get_task(&id)? else {
+                continue;
+            };
+            if task.executor == Executor::External {
+                continue;
+            }
+            self.modify(&id, |task| {
+                if task.attempt >= task.max_attempts {
+                    transition(task, TaskStatus::Failed)?;
+                    let failure = TaskFailure::new(
+                        "INTERRUPTED",
+                        "the host stopped during the last attempt",
+                        false,
+                    );
+                    task.error = Some(failure.clone());
+                    Ok(vec![NewEvent::new(EventKind::Failed, json!({"error": failure}))])
+                } else {
+                    transition(task, TaskStatus::Queued)?;
+                    Ok(vec![NewEvent::new(
+                        EventKind::Queued,
+                        json!({"status": "queued", "requeued": "the host restarted during the run"}),
+                    )])
+                }
+            })?;
+            requeued += 1;
+        }
+        self.durability.sync().await?;
+        // Scheduling a queued task also settles its dependencies (ready, waiting or failed).
+        for status in [TaskStatus::Scheduled, TaskStatus::Queued] {
+            for id in self.storage.task_ids_with_status(status)? {
+                if let Some(task) = self.storage.get_task(&id)? {
+                    self.schedule(&task)?;
+                }
+            }
+        }
+        if requeued > 0 {
+            info!(requeued, "recovered runs interrupted by the last stop");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            self.promote_due();
+            self.start_ready();
+            let wait =
+                lock(&self.sched)
+                    .next_due_ms()
+                    .map(|due| {
+                        Duration::from_millis(
+                            (due - Utc::now().timestamp_millis()).clamp(0, 500) as u64
+                        )
+                    })
+                    .unwrap_or(IDLE_TICK);
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Scheduled tasks whose time has come become queued.
+    fn promote_due(self: &Arc<Self>) {
+        let due = lock(&self.sched).take_due(Utc::now().timestamp_millis());
+        for (id, _) in due {
+            let promoted = self.modify(&id, |task| {
+                transition(task, TaskStatus::Queued)?;
+                task.scheduled_at = None;
+                Ok(vec![NewEvent::new(
+                    EventKind::Queued,
+                    json!({"status": "queued"}),
+                )])
+            });
+            match promoted {
+                Ok((task, _)) => {
+                    if let Err(e) = self.schedule(&task) {
+                        warn!(task = %id, error = %e, "could not queue a due task");
+                    }
+                }
+                // Cancelled or paused meanwhile.
+                Err(EngineError::Conflict(_)) | Err(EngineError::TaskNotFound(_)) => {}
+                Err(e) => warn!(task = %id, error = %e, "could not promote a due task"),
+            }
+        }
+    }
+
+    fn start_ready(self: &Arc<Self>) {
+        let plugins = lock(&self.sched).plugins_with_ready();
+        for plugin in plugins {
+            let Some(loaded) = self.registry.get(&plugin) else {
+                // Tasks of an unloaded plugin wait for it to come back.
+                continue;
+            };
+            let limit = loaded.plugin.grants().limits.max_concurrency as usize;
+            loop {
+                let next = {
+                    let mut sched = lock(&self.sched);
+                    let next = sched.pop_ready(&plugin, limit);
+                    if next.is_some() {
+                        sched.started(&plugin);
+                    }
+                    next
+                };
+                let Some(id) = next else { break };
+                let control = TaskControl::new();
+                lock(&self.running).insert(
+                    id.clone(),
+                    RunningTask {
+                        control: control.clone(),
+                    },
+                );
+                let inner = self.clone();
+                let plugin = plugin.clone();
+                tokio::spawn(async move { inner.run_task(id, plugin, control).await });
+            }
+        }
+    }
+
+    fn release(&self, id: &str, plugin: &str) {
+        lock(&self.running).remove(id);
+        lock(&self.sched).finished(plugin);
+        self.wake.notify_one();
+    }
+
+    async fn run_task(self: Arc<Self>, id: String, plugin_name: String, control: TaskControl) {
+        let started = self.modify(&id, |task| {
+            transition(task, TaskStatus::Running)?;
+            task.attempt += 1;
+            task.started_at = Some(Utc::now());
+            task.error = None;
+            Ok(vec![NewEvent::new(
+                EventKind::Started,
+                json!({"attempt": task.attempt}),
+            )])
+        });
+        let task = match started {
+            Ok((task, _)) => task,
+            Err(e) => {
+                // Cancelled or paused between being picked and starting: nothing to run.
+                if !matches!(e, EngineError::Conflict(_) | EngineError::TaskNotFound(_)) {
+                    error!(task = %id, error = %e, "could not start task");
+                }
+                self.release(&id, &plugin_name);
+                return;
+            }
+        };
+        let Some(loaded) = self.registry.get(&plugin_name) else {
+            self.release(&id, &plugin_name);
+            self.finish(
+                &task,
+                RunOutcome::Failed(TaskFailure::new(
+                    "PLUGIN_NOT_FOUND",
+                    format!("plugin {plugin_name} was unloaded"),
+                    true,
+                )),
+                Directive::Run,
+            )
+            .await;
+            return;
+        };
+        let plugin = loaded.plugin.clone();
+        let services = Arc::new(EngineServices::new(self.clone(), &task));
+        let invocation = Invocation {
+            task_id: task.id.clone(),
+            task_type: task.task_type.clone(),
+            input: task.input.to_string(),
+            attempt: task.attempt,
+            labels: task
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: Some(Duration::from_secs(task.timeout_s)),
+        };
+        let outcome = plugin.run(invocation, services, control.clone()).await;
+        let directive = control.directive();
+        self.release(&id, &plugin_name);
+        self.finish(&task, outcome, directive).await;
+    }
+
+    /// Backoff before attempt `attempt + 1`: exponential from the base, capped, with jitter
+    /// (50-100% of the step) so that retries of a burst do not arrive together.
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        let base = self.config.retry_base_ms.max(1);
+        let step = base
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
+            .min(self.config.retry_max_ms.max(base));
+        let jittered = rand::rng().random_range(step / 2..=step);
+        Duration::from_millis(jittered)
+    }
+
+    /// Records how a run ended.
+    async fn finish(self: &Arc<Self>, task: &Task, outcome: RunOutcome, directive: Directive) {
+        let id = task.id.clone();
+        let result = self.modify(&id, |task| {
+            let now = Utc::now();
+            match &outcome {
+                RunOutcome::Completed(value) => {
+                    transition(task, TaskStatus::Completed)?;
+                    task.result = Some(value.clone());
+                    task.error = None;
+                    if let (Some(total), None) = (task.progress.total, task.progress.processed) {
+                        task.progress.processed = Some(total);
+                    }
+                    task.progress.refresh_percentage();
+                    Ok(vec![NewEvent::new(
+                        EventKind::Completed,
+                        json!({"result": value}),
+                    )])
+                }
+                RunOutcome::Failed(_) if directive == Directive::Shutdown => {
+                    // Stopped by shutdown: back to the queue, the attempt not counted.
+                    transition(task, TaskStatus::Queued)?;
+                    task.attempt = task.attempt.saturating_sub(1);
+                    Ok(vec![NewEvent::new(
+                        EventKind::Queued,
+                        json!({"status": "queued", "requeued": "the host is shutting down"}),
+                    )])
+                }
+                RunOutcome::Failed(failure) if directive == Directive::Cancel => {
+                    transition(task, TaskStatus::Cancelled)?;
+                    task.error = Some(failure.clone());
+                    Ok(vec![NewEvent::new(
+                        EventKind::Cancelled,
+                        json!({"reason": failure.message}),
+                    )])
+                }
+                RunOutcome::Failed(failure)
+                    if failure.retryable && task.attempt < task.max_attempts =>
+                {
+                    transition(task, TaskStatus::Scheduled)?;
+                    let delay = self.retry_delay(task.attempt);
+                    let at = now + chrono::Duration::milliseconds(delay.as_millis() as i64);
+                    task.scheduled_at = Some(at);
+                    task.error = Some(failure.clone());
+                    Ok(vec![NewEvent::new(
+                        EventKind::Retrying,
+                        json!({
+                            "attempt": task.attempt,
+                            "next_attempt": task.attempt + 1,
+                            "delay_ms": delay.as_millis() as u64,
+                            "scheduled_at": crate::model::timestamp::format(&at),
+                            "error": failure,
+                        }),
+                    )])
+                }
+                RunOutcome::Failed(failure) => {
+                    transition(task, TaskStatus::Failed)?;
+                    task.error = Some(failure.clone());
+                    Ok(vec![NewEvent::new(
+                        EventKind::Failed,
+                        json!({"error": failure}),
+                    )])
+                }
+            }
+        });
+        let task = match result {
+            Ok((task, _)) => task,
+            Err(e) => {
+                error!(task = %id, error = %e, "could not record the end of a run");
+                return;
+            }
+        };
+        match task.status {
+            TaskStatus::Scheduled | TaskStatus::Queued
+                if !self.stopping.load(Ordering::Acquire) =>
+            {
+                if let Err(e) = self.schedule(&task) {
+                    warn!(task = %id, error = %e, "could not reschedule task");
+                }
+            }
+            status if status.is_terminal() => self.on_terminal(&task),
+            _ => {}
+        }
+        self.wake.notify_one();
+    }
+
+    pub(super) async fn shutdown(self: &Arc<Self>) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.wake.notify_one();
+        let controls: Vec<TaskControl> = lock(&self.running)
+            .values()
+            .map(|r| r.control.clone())
+            .collect();
+        for control in &controls {
+            control.shutdown();
+        }
+        let grace = Duration::from_secs(self.config.shutdown_grace_s);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !lock(&self.running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stragglers: Vec<TaskControl> = lock(&self.running)
+            .values()
+            .map(|r| r.control.clone())
+            .collect();
+        for control in &stragglers {
+            control.kill();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !lock(&self.running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.durability.sync().await {
+            error!(error = %e, "final flush failed");
+        }
+        info!(
+            stopped = controls.len(),
+            killed = stragglers.len(),
+            "engine stopped"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! The task model shared by storage, engine and API: tasks, their statuses and the one state
+//! machine that says which status may follow which, events, log lines and records.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::TaskFailure;
+
+/// RFC 3339 in UTC with milliseconds, as the API fixes.
+pub mod timestamp {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&format(t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| {
+                    DateTime::parse_from_rfc3339(&text)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(serde::de::Error::custom)
+                })
+                .transpose()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    /// Waiting for `run_at` or for a retry's backoff to pass.
+    Scheduled,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Queued,
+        TaskStatus::Scheduled,
+        TaskStatus::Running,
+        TaskStatus::Paused,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Scheduled => "scheduled",
+            TaskStatus::Running => "running",
+            TaskStatus::Paused => "paused",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+
+    /// The state machine, in one place: whether a task may go from `self` to `next`.
+    pub fn can_become(self, next: TaskStatus) -> bool {
+        use TaskStatus::*;
+        match self {
+            // Failed: a dependency failed before the task could start. Paused: held back.
+            Queued => matches!(next, Running | Scheduled | Cancelled | Failed | Paused),
+            Scheduled => matches!(next, Queued | Cancelled | Failed | Paused),
+            // Queued: requeued at shutdown or after a crash; Scheduled: retry after backoff.
+            Running => matches!(
+                next,
+                Completed | Failed | Cancelled | Paused | Queued | Scheduled
+            ),
+            Paused => matches!(next, Running | Cancelled | Failed | Queued),
+            // Retry by request.
+            Failed | Cancelled => matches!(next, Queued),
+            Completed => false,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who performs a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// A loaded plugin runs it.
+    #[default]
+    Plugin,
+    /// Something outside the host performs it and reports over the API.
+    External,
+}
+
+/// Progress as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub processed: Option<u64>,
+    pub total: Option<u64>,
+    pub percentage: Option<f64>,
+    pub current_step: Option<String>,
+    pub message: Option<String>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl TaskProgress {
+    /// Applies a report: fields it carries replace the current ones, metrics are merged.
+    pub fn merge(
+        &mut self,
+        processed: Option<u64>,
+        total: Option<u64>,
+        step: Option<&str>,
+        message: Option<&str>,
+        metrics: impl IntoIterator<Item = (String, f64)>,
+    ) {
+        if processed.is_some() {
+            self.processed = processed;
+        }
+        if total.is_some() {
+            self.total = total;
+        }
+        if let Some(step) = step {
+            self.current_step = Some(step.to_owned());
+        }
+        if let Some(message) = message {
+            self.message = Some(message.to_owned());
+        }
+        self.metrics.extend(metrics);
+        self.refresh_percentage();
+    }
+
+    /// Recomputes `percentage` from processed/total.
+    pub fn refresh_percentage(&mut self) {
+        self.percentage = match (self.processed, self.total) {
+            (Some(done), Some(total)) if total > 0 => {
+                Some(((done as f64 / total as f64) * 10_000.0).round() / 100.0)
+            }
+            _ => self.percentage,
+        };
+    }
+}
+
+/// A task, as stored and (with secrets masked) as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub plugin: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub executor: Executor,
+    /// The input with secrets masked as `"***"`; the clear values live in `sealed_input`.
+    pub input: serde_json::Value,
+    /// The secret fields of the input, encrypted; never serialised to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_input: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub priority: i32,
+    pub owner: String,
+    pub progress: TaskProgress,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_s: u64,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<TaskFailure>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    /// When a scheduled task becomes due (`run_at`, or the end of a retry's backoff).
+    #[serde(with = "timestamp::option", default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    #[serde(with = "timestamp::option", default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(with = "timestamp::option", default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Task {
+    /// The JSON clients see: everything but the sealed secrets.
+    pub fn to_api(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("sealed_input");
+        }
+        value
+    }
+}
+
+/// Event types the API fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    Queued,
+    Started,
+    Progress,
+    Log,
+    Paused,
+    Resumed,
+    Retrying,
+    Completed,
+    Failed,
+    Cancelled,
+    Message,
+}
+
+/// An event before storage gives it its `seq`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: EventKind, data: serde_json::Value) -> Self {
+        Self { kind, data }
+    }
+}
+
+/// A stored event. `owner` and `plugin` are kept for authorisation and topic routing; the API
+/// view ([`Event::to_api`]) leaves them out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub task_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub data: serde_json::Value,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+    pub owner: String,
+    pub plugin: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Event {
+    pub fn to_api(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seq": self.seq,
+            "task_id": self.task_id,
+            "type": self.kind,
+            "data": self.data,
+            "timestamp": timestamp::format(&self.timestamp),
+        })
+    }
+}
+
+/// One line of a task's log; `seq` is the seq of its `log` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub level: String,
+    pub message: String,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// An item a plugin emitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub collection: String,
+    pub key: String,
+    pub data: serde_json::Value,
+    #[serde(with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_statuses_only_lead_back_to_queued_and_completed_leads_nowhere() {
+        for next in TaskStatus::ALL {
+            assert!(!TaskStatus::Completed.can_become(next));
+            assert_eq!(
+                TaskStatus::Failed.can_become(next),
+                next == TaskStatus::Queued
+            );
+            assert_eq!(
+                TaskStatus::Cancelled.can_become(next),
+                next == TaskStatus::Queued
+            );
+        }
+        assert!(TaskStatus::Queued.can_become(TaskStatus::Running));
+        assert!(!TaskStatus::Queued.can_become(TaskStatus::Completed));
+        assert!(!TaskStatus::Scheduled.can_become(TaskStatus::Running));
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for status in TaskStatus::ALL {
+            assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(TaskStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn percentage_follows_processed_and_total() {
+        let mut progress = TaskProgress {
+            processed: Some(45),
+            total: Some(100),
+            ..TaskProgress::default()
+        };
+        progress.refresh_percentage();
+        assert_eq!(progress.percentage, Some(45.0));
+    }
+}

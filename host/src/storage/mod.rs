@@ -1,0 +1,207 @@
+//! Durable storage of tasks, events, logs, records, plugin key-value data and queue state,
+//! behind the [`Storage`] trait so that a shared database (PostgreSQL, for several hosts) can
+//! replace the embedded one without touching the engine or the API.
+//!
+//! Contract every backend keeps:
+//! - A task write, its index updates, its per-plugin status counters and its events commit
+//!   atomically.
+//! - `seq` increases strictly across the host, and events become visible (to [`Storage::events`]
+//!   and to [`Storage::subscribe`]rs) in `seq` order, so a reader that has seen `seq` N has
+//!   seen everything before it.
+//! - [`Storage::flush`] returns once everything committed before it survives a crash.
+
+mod sled_store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Mutex, broadcast};
+
+pub use sled_store::SledStorage;
+
+use crate::model::{Event, LogEntry, NewEvent, Record, Task, TaskStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A task with this id exists already.
+    #[error("task {0} already exists")]
+    Duplicate(String),
+    /// The stored task is not in the status the write expected (someone else moved it).
+    #[error("task {id} is {actual}, not {expected}")]
+    StatusChanged {
+        id: String,
+        expected: TaskStatus,
+        actual: TaskStatus,
+    },
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The backend failed; the message is for logs, not for clients.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// How to order a task listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortField {
+    #[default]
+    CreatedAt,
+    UpdatedAt,
+    Priority,
+}
+
+/// A task listing: filters, order and page.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    pub plugin: Option<String>,
+    pub task_type: Option<String>,
+    pub owner: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub sort: SortField,
+    pub ascending: bool,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl TaskQuery {
+    /// Whether `task` passes every filter.
+    pub fn matches(&self, task: &Task) -> bool {
+        self.status.is_none_or(|s| task.status == s)
+            && self.plugin.as_ref().is_none_or(|p| &task.plugin == p)
+            && self.task_type.as_ref().is_none_or(|t| &task.task_type == t)
+            && self.owner.as_ref().is_none_or(|o| &task.owner == o)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| task.labels.get(k).is_some_and(|value| value == v))
+            && self.created_after.is_none_or(|t| task.created_at > t)
+            && self.created_before.is_none_or(|t| task.created_at < t)
+    }
+}
+
+/// Task counts by status, for one plugin.
+pub type StatusCounts = BTreeMap<TaskStatus, u64>;
+
+/// The storage backend.
+pub trait Storage: Send + Sync + 'static {
+    /// Stores a new task and its events. Fails with `Duplicate` when the id is taken.
+    fn create_task(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError>;
+
+    /// Replaces a task whose stored status is `expected`, with its events.
+    fn update_task(
+        &self,
+        task: &Task,
+        expected: TaskStatus,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>, StorageError>;
+
+    /// Appends events of `task` without changing it (messages).
+    fn append_events(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError>;
+
+    /// Removes a terminal task, its logs and records (its events stay in the event log).
+    fn delete_task(&self, id: &str) -> Result<bool, StorageError>;
+
+    fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError>;
+
+    /// The page of tasks the query asks for, and how many match in all.
+    fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError>;
+
+    /// Ids of every task in `status`, oldest first (recovery and scheduling).
+    fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError>;
+
+    /// Task counts per plugin and status, kept up to date on every write (no scan).
+    fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError>;
+
+    /// Events after `after_seq`, oldest first, of one task or of all.
+    fn events(
+        &self,
+        task_id: Option<&str>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StorageError>;
+
+    /// The highest `seq` given so far.
+    fn last_seq(&self) -> u64;
+
+    /// Appends a log line and its `log` event.
+    fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError>;
+
+    /// Log lines of a task with `seq` after `after_seq`, oldest first.
+    fn logs(
+        &self,
+        task_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StorageError>;
+
+    fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError>;
+
+    /// A page of a task's records (of one collection or all) and the total.
+    fn records(
+        &self,
+        task_id: &str,
+        collection: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Record>, u64), StorageError>;
+
+    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StorageError>;
+    fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StorageError>;
+    fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
+
+    fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError>;
+    fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError>;
+
+    /// Live events, in `seq` order, from the moment of subscribing.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    /// Blocks until everything committed so far is durable.
+    fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// Group commit: callers that need durability wait for one flush that covers their writes,
+/// so that many concurrent acknowledgements share one fsync.
+pub struct Durability {
+    storage: Arc<dyn Storage>,
+    /// Held while a flush runs; callers queue behind it and then find their writes covered.
+    flushing: Mutex<u64>,
+    /// Number of flushes started so far.
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl Durability {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            flushing: Mutex::new(0),
+            started: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Returns once everything this caller committed before calling is durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        // A flush that starts after this point covers our writes.
+        let needed = self.started.load(Ordering::Acquire) + 1;
+        let mut completed = self.flushing.lock().await;
+        if *completed >= needed {
+            return Ok(());
+        }
+        let generation = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || storage.flush())
+            .await
+            .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))??;
+        *completed = generation;
+        Ok(())
+    }
+}

@@ -1,0 +1,640 @@
+//! The embedded backend, on sled.
+//!
+//! Tasks, their secondary indexes, per-plugin status counters and events share one tree so
+//! that a sled batch commits them atomically. Keys are prefixed byte strings with `\0`
+//! separators (ids, plugin names and label parts never contain `\0`; the engine checks), and
+//! numbers are big-endian so that byte order is numeric order:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `t\0{id}` | task JSON |
+//! | `e\0{seq}` | event JSON |
+//! | `E\0{id}\0{seq}` | (events of a task) |
+//! | `i\0{index}\0{value}\0{created_ms}\0{id}` | (indexes: status, plugin, owner, label, all) |
+//! | `c\0{plugin}\0{status}` | count |
+//! | `l\0{id}\0{seq}` | log line JSON |
+//! | `r\0{id}\0{collection}\0{key}` | record JSON |
+//! | `k\0{plugin}\0{key}` | plugin key-value data |
+//! | `q\0{plugin}` | (queue paused) |
+//!
+//! Writes take one commit lock: it makes read-check-write of a task atomic, gives `seq` in
+//! order and publishes events in that same order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::Utc;
+use sled::{Batch, IVec, Tree};
+use tokio::sync::broadcast;
+
+use super::{SortField, StatusCounts, Storage, StorageError, TaskQuery};
+use crate::model::{Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus};
+
+/// Live events buffered for slow subscribers before they lag.
+const BROADCAST_CAPACITY: usize = 16 * 1024;
+
+pub struct SledStorage {
+    db: sled::Db,
+    main: Tree,
+    commit: Mutex<CommitState>,
+    events: broadcast::Sender<Event>,
+}
+
+struct CommitState {
+    last_seq: u64,
+}
+
+fn backend(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = key(parts);
+    key.push(0);
+    key
+}
+
+fn task_key(id: &str) -> Vec<u8> {
+    key(&[b"t", id.as_bytes()])
+}
+
+fn event_key(seq: u64) -> Vec<u8> {
+    key(&[b"e", &seq.to_be_bytes()])
+}
+
+fn count_key(plugin: &str, status: TaskStatus) -> Vec<u8> {
+    key(&[b"c", plugin.as_bytes(), status.as_str().as_bytes()])
+}
+
+/// The index entries of a task: one per status, plugin, owner, label and one for all.
+fn index_keys(task: &Task) -> Vec<Vec<u8>> {
+    let created = task.created_at.timestamp_millis().max(0) as u64;
+    let created = created.to_be_bytes();
+    let id = task.id.as_bytes();
+    let mut keys = vec![
+        key(&[b"i", b"all", b"", &created, id]),
+        key(&[
+            b"i",
+            b"status",
+            task.status.as_str().as_bytes(),
+            &created,
+            id,
+        ]),
+        key(&[b"i", b"plugin", task.plugin.as_bytes(), &created, id]),
+        key(&[b"i", b"owner", task.owner.as_bytes(), &created, id]),
+    ];
+    for (k, v) in &task.labels {
+        let label = format!("{k}={v}");
+        keys.push(key(&[b"i", b"label", label.as_bytes(), &created, id]));
+    }
+    keys
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| backend(format!("corrupt entry: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(value).map_err(backend)
+}
+
+fn read_u64(bytes: Option<IVec>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl SledStorage {
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(backend)?;
+        let main = db.open_tree("main").map_err(backend)?;
+        let last_seq = main
+            .scan_prefix(prefix(&[b"e"]))
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(backend)?
+            .and_then(|k| <[u8; 8]>::try_from(&k[2..]).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Ok(Self {
+            db,
+            main,
+            commit: Mutex::new(CommitState { last_seq }),
+            events,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn load_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
+        self.main
+            .get(task_key(id))
+            .map_err(backend)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    /// Adds `events` of `task` to `batch` with the seqs that follow `state`'s; the seqs are
+    /// only taken when [`apply`](Self::apply) succeeds.
+    fn stage_events(
+        state: &CommitState,
+        batch: &mut Batch,
+        task: &Task,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>, StorageError> {
+        let now = Utc::now();
+        let mut staged = Vec::with_capacity(events.len());
+        for (seq, new) in (state.last_seq + 1..).zip(events) {
+            let event = Event {
+                seq,
+                task_id: task.id.clone(),
+                kind: new.kind,
+                data: new.data.clone(),
+                timestamp: now,
+                owner: task.owner.clone(),
+                plugin: task.plugin.clone(),
+                labels: task.labels.clone(),
+            };
+            batch.insert(event_key(event.seq), encode(&event)?);
+            batch.insert(
+                key(&[b"E", task.id.as_bytes(), &event.seq.to_be_bytes()]),
+                &[][..],
+            );
+            staged.push(event);
+        }
+        Ok(staged)
+    }
+
+    fn bump_count(
+        &self,
+        batch: &mut Batch,
+        counts: &mut BTreeMap<Vec<u8>, u64>,
+        key: Vec<u8>,
+        up: bool,
+    ) -> Result<(), StorageError> {
+        let current = match counts.get(&key) {
+            Some(count) => *count,
+            None => read_u64(self.main.get(&key).map_err(backend)?),
+        };
+        let next = if up {
+            current + 1
+        } else {
+            current.saturating_sub(1)
+        };
+        batch.insert(key.clone(), &next.to_be_bytes()[..]);
+        counts.insert(key, next);
+        Ok(())
+    }
+
+    /// Applies a batch, takes the seqs of its events and publishes them, in order.
+    fn apply(
+        &self,
+        state: &mut CommitState,
+        batch: Batch,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>, StorageError> {
+        self.main.apply_batch(batch).map_err(backend)?;
+        if let Some(last) = events.last() {
+            state.last_seq = last.seq;
+        }
+        for event in &events {
+            // No subscriber is not an error.
+            let _ = self.events.send(event.clone());
+        }
+        Ok(events)
+    }
+
+    fn scan_ids(
+        &self,
+        index_prefix: Vec<u8>,
+        ascending: bool,
+    ) -> impl Iterator<Item = Result<String, StorageError>> + '_ {
+        let skip = index_prefix.len() + 9;
+        let iter = self.main.scan_prefix(index_prefix).keys();
+        let iter: Box<dyn Iterator<Item = sled::Result<IVec>>> = if ascending {
+            Box::new(iter)
+        } else {
+            Box::new(iter.rev())
+        };
+        iter.map(move |k| {
+            let k = k.map_err(backend)?;
+            String::from_utf8(k[skip..].to_vec()).map_err(backend)
+        })
+    }
+}
+
+impl Storage for SledStorage {
+    fn create_task(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError> {
+        let mut state = self.lock();
+        if self
+            .main
+            .contains_key(task_key(&task.id))
+            .map_err(backend)?
+        {
+            return Err(StorageError::Duplicate(task.id.clone()));
+        }
+        let mut batch = Batch::default();
+        batch.insert(task_key(&task.id), encode(task)?);
+        for index in index_keys(task) {
+            batch.insert(index, &[][..]);
+        }
+        let mut counts = BTreeMap::new();
+        self.bump_count(
+            &mut batch,
+            &mut counts,
+            count_key(&task.plugin, task.status),
+            true,
+        )?;
+        let staged = Self::stage_events(&state, &mut batch, task, events)?;
+        self.apply(&mut state, batch, staged)
+    }
+
+    fn update_task(
+        &self,
+        task: &Task,
+        expected: TaskStatus,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>, StorageError> {
+        let mut state = self.lock();
+        let stored = self
+            .load_task(&task.id)?
+            .ok_or_else(|| StorageError::NotFound(task.id.clone()))?;
+        if stored.status != expected {
+            return Err(StorageError::StatusChanged {
+                id: task.id.clone(),
+                expected,
+                actual: stored.status,
+            });
+        }
+        let mut batch = Batch::default();
+        batch.insert(task_key(&task.id), encode(task)?);
+        let old_indexes: BTreeSet<Vec<u8>> = index_keys(&stored).into_iter().collect();
+        let new_indexes: BTreeSet<Vec<u8>> = index_keys(task).into_iter().collect();
+        for gone in old_indexes.difference(&new_indexes) {
+            batch.remove(gone.clone());
+        }
+        for added in new_indexes.difference(&old_indexes) {
+            batch.insert(added.clone(), &[][..]);
+        }
+        if stored.status != task.status || stored.plugin != task.plugin {
+            let mut counts = BTreeMap::new();
+            self.bump_count(
+                &mut batch,
+                &mut counts,
+                count_key(&stored.plugin, stored.status),
+                false,
+            )?;
+            self.bump_count(
+                &mut batch,
+                &mut counts,
+                count_key(&task.plugin, task.status),
+                true,
+            )?;
+        }
+        let staged = Self::stage_events(&state, &mut batch, task, events)?;
+        self.apply(&mut state, batch, staged)
+    }
+
+    fn append_events(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError> {
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let staged = Self::stage_events(&state, &mut batch, task, events)?;
+        self.apply(&mut state, batch, staged)
+    }
+
+    fn delete_task(&self, id: &str) -> Result<bool, StorageError> {
+        let _state = self.lock();
+        let Some(task) = self.load_task(id)? else {
+            return Ok(false);
+        };
+        let mut batch = Batch::default();
+        batch.remove(task_key(id));
+        for index in index_keys(&task) {
+            batch.remove(index);
+        }
+        let mut counts = BTreeMap::new();
+        self.bump_count(
+            &mut batch,
+            &mut counts,
+            count_key(&task.plugin, task.status),
+            false,
+        )?;
+        for prefix_parts in [
+            &[&b"l"[..], id.as_bytes()][..],
+            &[&b"r"[..], id.as_bytes()][..],
+        ] {
+            for k in self.main.scan_prefix(prefix(prefix_parts)).keys() {
+                batch.remove(k.map_err(backend)?);
+            }
+        }
+        self.main.apply_batch(batch).map_err(backend)?;
+        Ok(true)
+    }
+
+    fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
+        self.load_task(id)
+    }
+
+    fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError> {
+        // Walk the most selective index; the other filters apply to the tasks it yields.
+        let index = if let Some(status) = query.status {
+            prefix(&[b"i", b"status", status.as_str().as_bytes()])
+        } else if let Some(plugin) = &query.plugin {
+            prefix(&[b"i", b"plugin", plugin.as_bytes()])
+        } else if let Some(owner) = &query.owner {
+            prefix(&[b"i", b"owner", owner.as_bytes()])
+        } else if let Some((k, v)) = query.labels.first() {
+            prefix(&[b"i", b"label", format!("{k}={v}").as_bytes()])
+        } else {
+            prefix(&[b"i", b"all", b""])
+        };
+        let by_created = query.sort == SortField::CreatedAt;
+        let mut total = 0u64;
+        let mut page = Vec::new();
+        let mut matching = Vec::new();
+        for id in self.scan_ids(index, query.ascending || !by_created) {
+            let id = id?;
+            let Some(task) = self.load_task(&id)? else {
+                continue;
+            };
+            if !query.matches(&task) {
+                continue;
+            }
+            if by_created {
+                if total as usize >= query.offset && page.len() < query.limit {
+                    page.push(task);
+                }
+            } else {
+                matching.push(task);
+            }
+            total += 1;
+        }
+        if !by_created {
+            match query.sort {
+                SortField::UpdatedAt => matching.sort_by_key(|t| t.updated_at),
+                SortField::Priority => matching.sort_by_key(|t| (t.priority, t.created_at)),
+                SortField::CreatedAt => {}
+            }
+            if !query.ascending {
+                matching.reverse();
+            }
+            page = matching
+                .into_iter()
+                .skip(query.offset)
+                .take(query.limit)
+                .collect();
+        }
+        Ok((page, total))
+    }
+
+    fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError> {
+        self.scan_ids(prefix(&[b"i", b"status", status.as_str().as_bytes()]), true)
+            .collect()
+    }
+
+    fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError> {
+        let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
+        for entry in self.main.scan_prefix(prefix(&[b"c"])) {
+            let (k, v) = entry.map_err(backend)?;
+            let mut parts = k[2..].split(|b| *b == 0);
+            let plugin = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let status = parts
+                .next()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(TaskStatus::parse);
+            if let Some(status) = status {
+                let count = read_u64(Some(v));
+                if count > 0 {
+                    counts.entry(plugin).or_default().insert(status, count);
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    fn events(
+        &self,
+        task_id: Option<&str>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StorageError> {
+        let start = after_seq.saturating_add(1).to_be_bytes();
+        let mut events = Vec::new();
+        match task_id {
+            None => {
+                let from = event_key(after_seq.saturating_add(1));
+                for entry in self.main.range(from..prefix(&[b"f"])).take(limit) {
+                    let (_, v) = entry.map_err(backend)?;
+                    events.push(decode(&v)?);
+                }
+            }
+            Some(id) => {
+                let from = key(&[b"E", id.as_bytes(), &start]);
+                let end = prefix(&[b"E", id.as_bytes()]);
+                let mut end = end;
+                // Everything after this task's prefix: bump its trailing \0 to \x01.
+                if let Some(last) = end.last_mut() {
+                    *last = 1;
+                }
+                for k in self.main.range(from..end).keys().take(limit) {
+                    let k = k.map_err(backend)?;
+                    let seq = <[u8; 8]>::try_from(&k[k.len() - 8..]).map_err(backend)?;
+                    if let Some(v) = self
+                        .main
+                        .get(event_key(u64::from_be_bytes(seq)))
+                        .map_err(backend)?
+                    {
+                        events.push(decode(&v)?);
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError> {
+        let mut state = self.lock();
+        let mut batch = Batch::default();
+        let staged = Self::stage_events(
+            &state,
+            &mut batch,
+            task,
+            &[NewEvent::new(
+                EventKind::Log,
+                serde_json::json!({"level": level, "message": message}),
+            )],
+        )?;
+        let event = staged[0].clone();
+        let entry = LogEntry {
+            seq: event.seq,
+            level: level.to_owned(),
+            message: message.to_owned(),
+            timestamp: event.timestamp,
+        };
+        batch.insert(
+            key(&[b"l", task.id.as_bytes(), &event.seq.to_be_bytes()]),
+            encode(&entry)?,
+        );
+        self.apply(&mut state, batch, staged)?;
+        Ok(event)
+    }
+
+    fn logs(
+        &self,
+        task_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let from = key(&[
+            b"l",
+            task_id.as_bytes(),
+            &after_seq.saturating_add(1).to_be_bytes(),
+        ]);
+        let mut end = prefix(&[b"l", task_id.as_bytes()]);
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        self.main
+            .range(from..end)
+            .values()
+            .take(limit)
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
+    }
+
+    fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError> {
+        self.main
+            .insert(
+                key(&[
+                    b"r",
+                    task_id.as_bytes(),
+                    record.collection.as_bytes(),
+                    record.key.as_bytes(),
+                ]),
+                encode(record)?,
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn records(
+        &self,
+        task_id: &str,
+        collection: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Record>, u64), StorageError> {
+        let scan = match collection {
+            Some(c) => prefix(&[b"r", task_id.as_bytes(), c.as_bytes()]),
+            None => prefix(&[b"r", task_id.as_bytes()]),
+        };
+        let mut total = 0u64;
+        let mut page = Vec::new();
+        for value in self.main.scan_prefix(scan).values() {
+            if total as usize >= offset && page.len() < limit {
+                page.push(decode(&value.map_err(backend)?)?);
+            }
+            total += 1;
+        }
+        Ok((page, total))
+    }
+
+    fn kv_get(&self, plugin: &str, k: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .main
+            .get(key(&[b"k", plugin.as_bytes(), k.as_bytes()]))
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn kv_set(&self, plugin: &str, k: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.main
+            .insert(key(&[b"k", plugin.as_bytes(), k.as_bytes()]), value)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn kv_delete(&self, plugin: &str, k: &str) -> Result<(), StorageError> {
+        self.main
+            .remove(key(&[b"k", plugin.as_bytes(), k.as_bytes()]))
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn kv_list(
+        &self,
+        plugin: &str,
+        key_prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let scan = prefix(&[b"k", plugin.as_bytes()]);
+        let skip = scan.len();
+        let mut start = scan.clone();
+        start.extend_from_slice(key_prefix.as_bytes());
+        self.main
+            .scan_prefix(start)
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                String::from_utf8(k[skip..].to_vec()).map_err(backend)
+            })
+            .collect()
+    }
+
+    fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError> {
+        let k = key(&[b"q", plugin.as_bytes()]);
+        if paused {
+            self.main.insert(k, &[][..]).map_err(backend)?;
+        } else {
+            self.main.remove(k).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError> {
+        let scan = prefix(&[b"q"]);
+        let skip = scan.len();
+        self.main
+            .scan_prefix(scan)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                String::from_utf8(k[skip..].to_vec()).map_err(backend)
+            })
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush().map(drop).map_err(backend)
+    }
+}

@@ -1,0 +1,298 @@
+//! The one test harness: starts the real host on `127.0.0.1:0` with a temporary data
+//! directory and gives tests an HTTP client bound to it. [`TestServer`] runs the host in the
+//! test process; [`HostProcess`] runs the `taskhost` binary (for crash tests).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use taskhost::config::Config;
+use taskhost::runtime::Grants;
+use tokio::sync::oneshot;
+
+/// A compile cache shared by every test, so that each server does not recompile the plugins.
+pub fn shared_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+/// Settings a test may change before the server starts.
+pub struct ServerBuilder {
+    config: Config,
+}
+
+impl ServerBuilder {
+    /// Grants for the bundled testkit plugin.
+    pub fn testkit_grants(mut self, grants: Grants) -> Self {
+        self.config.plugins.insert("testkit".into(), grants);
+        self
+    }
+
+    pub fn testkit_concurrency(self, n: u32) -> Self {
+        let mut grants = Grants::default();
+        grants.limits.max_concurrency = n;
+        self.testkit_grants(grants)
+    }
+
+    pub async fn start(self) -> TestServer {
+        let data = tempfile::tempdir().expect("temp data dir");
+        let mut config = self.config;
+        config.data_dir = data.path().to_owned();
+        TestServer::start_in(config, data).await
+    }
+}
+
+/// A host serving in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// Kept so the directory lives as long as the server.
+    _data: tempfile::TempDir,
+    /// Dropping it shuts the server down gracefully.
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestServer {
+    pub fn builder() -> ServerBuilder {
+        let mut config = Config::default();
+        config.runtime.cache_dir = Some(shared_cache_dir());
+        // Tests wait for retries and cancellations; keep the waits short.
+        config.engine.retry_base_ms = 50;
+        config.engine.retry_max_ms = 500;
+        config.engine.cancel_grace_s = 1;
+        config.engine.shutdown_grace_s = 2;
+        ServerBuilder { config }
+    }
+
+    pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    async fn start_in(mut config: Config, data: tempfile::TempDir) -> Self {
+        config.listen = "127.0.0.1:0".parse().expect("address");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let state = taskhost::app::start(config).await.expect("host starts");
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        tokio::spawn(taskhost::app::run(state, listener, async {
+            let _ = stop_rx.await;
+        }));
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            _data: data,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn api(&self) -> Api<'_> {
+        Api {
+            client: &self.client,
+            base: format!("http://{}", self.addr),
+        }
+    }
+}
+
+/// Requests against a running host, returning (status, JSON body).
+pub struct Api<'a> {
+    pub client: &'a reqwest::Client,
+    pub base: String,
+}
+
+impl Api<'_> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    /// Creates a task and returns it; panics unless the host answers 202.
+    pub async fn create(&self, body: Value) -> Value {
+        let (status, task) = self.post("/api/v1/tasks", body.clone()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "creating {body}: {task}");
+        task
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        let (status, task) = self.get(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{task}");
+        task
+    }
+
+    /// Polls a task until `done` says so, for at most `limit`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let task = self.task(id).await;
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "task {id} did not reach the expected state in {limit:?}: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the task is completed, failed or cancelled.
+    pub async fn finished(&self, id: &str) -> Value {
+        self.wait_for(id, Duration::from_secs(30), |t| {
+            matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let (status, page) = self
+            .get(&format!("/api/v1/tasks/{id}/events?limit=1000"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["data"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Asserts an error response has the API's error shape and the expected status and code.
+pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) {
+    assert_eq!(status.as_u16(), expected_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["status"], expected_status, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{body}"
+    );
+}
+
+pub fn echo(input: Value) -> Value {
+    json!({"plugin": "testkit", "type": "echo", "input": input})
+}
+
+/// The `taskhost` binary running as a child process.
+pub struct HostProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl HostProcess {
+    /// Starts the binary on `data_dir` and waits for its `listening on` line.
+    pub fn spawn(data_dir: &Path, config_file: Option<&Path>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_taskhost"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(config) = config_file {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command.spawn().expect("taskhost starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + "listening on http://".len()..].trim().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the host logs its address")
+            .parse()
+            .expect("a socket address");
+        Self { child, addr }
+    }
+
+    pub fn api<'a>(&self, client: &'a reqwest::Client) -> Api<'a> {
+        Api {
+            client,
+            base: format!("http://{}", self.addr),
+        }
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for the process to exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "could not signal the host");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the host did not exit within 30 s of SIGTERM");
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

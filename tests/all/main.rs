@@ -1,0 +1,7 @@
+//! All integration tests, in one binary: the runtime with real components, the HTTP API of a
+//! real server, and crash recovery of the real binary.
+
+mod api;
+mod crash;
+mod harness;
+mod runtime;
