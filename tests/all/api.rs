@@ -1046,3 +1046,33 @@ async fn every_route_in_the_openapi_document_is_served() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_python_example_client_follows_a_task_to_its_result() {
+    let server = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/client.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([
+            "--url",
+            &format!("http://{}", server.addr),
+            "--type",
+            "echo",
+            "--input",
+            r#"{"from": "python"}"#,
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(
+        stdout.contains(r#""from": "python""#),
+        "the result is printed: {stdout}"
+    );
+}

@@ -177,6 +177,25 @@ async fn trap_busy_loop_and_memory_hog_fail_with_distinct_codes_while_echo_succe
 }
 
 #[tokio::test]
+async fn an_oversized_result_fails_the_task_with_result_too_large() {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache),
+        max_result_bytes: 1024,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let plugin = runtime
+        .load(TESTKIT, Grants::default())
+        .await
+        .expect("load");
+    let (outcome, _) = run(&plugin, "echo", json!({"blob": "x".repeat(2048)})).await;
+    assert_eq!(failure_code(&outcome), codes::RESULT_TOO_LARGE);
+    let (outcome, _) = run(&plugin, "echo", json!({"small": true})).await;
+    assert_eq!(completed(outcome), json!({"small": true}));
+}
+
+#[tokio::test]
 async fn a_tasks_own_timeout_is_capped_by_the_plugin_limit_and_applies_below_it() {
     let plugin = testkit(Grants::default()).await;
     let mut short = invocation("sleep", json!({"ms": 5_000, "steps": 5}));
