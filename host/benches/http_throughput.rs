@@ -53,11 +53,14 @@ fn main() {
         .expect("tokio");
     rt.block_on(async move {
         let data = tempfile::tempdir().expect("temp dir");
-        let config = Config {
+        let mut config = Config {
             data_dir: data.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("address"),
             ..Config::default()
         };
+        // The real authentication path, with limits out of the way of the load.
+        config.auth.admin_password = Some("bench-admin-password".into());
+        config.rate_limits.enabled = false;
         let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let state = taskhost::app::start(config).await.expect("host");
@@ -66,7 +69,23 @@ fn main() {
             let _ = stopped.await;
         }));
 
-        let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().expect("client");
+        let login: Value = reqwest::Client::new()
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"username": "admin", "password": "bench-admin-password"}))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {}", login["access_token"].as_str().expect("token"));
+        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("header"));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients)
+            .default_headers(headers)
+            .build()
+            .expect("client");
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
         let mut workers = Vec::new();

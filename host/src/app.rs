@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::api::ratelimit::RateLimits;
 use crate::api::{self, AppState};
+use crate::auth::{Auth, AuthError, SecretBox, SecretError};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::registry::{PluginRegistry, RegistryError};
@@ -30,6 +32,10 @@ pub enum StartError {
     Plugins(#[from] RegistryError),
     #[error("cannot start the engine: {0}")]
     Engine(#[from] EngineError),
+    #[error("cannot set up authentication: {0}")]
+    Auth(#[from] AuthError),
+    #[error("cannot set up secret storage: {0}")]
+    Secrets(#[from] SecretError),
 }
 
 /// Opens storage, loads plugins and starts the engine.
@@ -56,7 +62,23 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
             warn!(path = %path.display(), %error, "skipped plugin");
         }
     }
-    let engine = Engine::start(storage, registry.clone(), config.engine.clone()).await?;
+    let secrets = Arc::new(SecretBox::open(&config.data_dir)?);
+    let auth = Auth::open(&config.auth, &config.data_dir, storage.clone()).await?;
+    let engine = Engine::start(storage, registry.clone(), secrets, config.engine.clone()).await?;
+    let limits = Arc::new(RateLimits::new(config.rate_limits.clone()));
+    {
+        let limits = Arc::downgrade(&limits);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match limits.upgrade() {
+                    Some(limits) => limits.forget_idle(),
+                    None => return,
+                }
+            }
+        });
+    }
     info!(
         plugins = registry.list().len(),
         data_dir = %config.data_dir.display(),
@@ -64,6 +86,8 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     );
     Ok(AppState {
         engine,
+        auth,
+        limits,
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         http_requests: Arc::new(AtomicU64::new(0)),

@@ -19,6 +19,20 @@
 //! max_instances = 256
 //! max_memory_mb = 4096
 //!
+//! [auth]
+//! enabled = true
+//! token_ttl_s = 43200                # login token lifetime
+//! # jwt_secret = "..."               # else generated into <data_dir>/jwt.key
+//! # admin_password = "..."           # first start only; TASKHOST_ADMIN_PASSWORD sets it
+//!
+//! [rate_limits]                      # requests per minute
+//! per_principal_per_minute = 1200
+//! per_ip_per_minute = 2400
+//! login_per_minute = 10
+//!
+//! [cors]
+//! allowed_origins = []               # closed by default
+//!
 //! [plugins.testkit]                  # grants for a bundled or plugins-dir plugin, as in a .toml
 //! limits = { memory_mb = 64 }
 //! ```
@@ -29,6 +43,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ratelimit::RateLimitConfig;
+use crate::auth::AuthConfig;
 use crate::engine::EngineConfig;
 use crate::runtime::{Grants, RuntimeConfig};
 
@@ -47,6 +63,9 @@ pub struct Config {
     pub max_plugin_bytes: usize,
     pub engine: EngineConfig,
     pub runtime: RuntimeConfig,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
+    pub cors: CorsConfig,
     /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
     /// without a `.toml` of their own.
     pub plugins: BTreeMap<String, Grants>,
@@ -62,8 +81,25 @@ impl Default for Config {
             max_plugin_bytes: 64 << 20,
             engine: EngineConfig::default(),
             runtime: RuntimeConfig::default(),
+            auth: AuthConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            cors: CorsConfig::default(),
             plugins: BTreeMap::new(),
         }
+    }
+}
+
+/// Cross-origin access: closed unless origins are listed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `*` for any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsConfig {
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*" || o == origin)
     }
 }
 

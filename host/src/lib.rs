@@ -10,6 +10,7 @@
 //! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
 
 #![cfg_attr(not(test), forbid(clippy::unwrap_used))]
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod app;

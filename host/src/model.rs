@@ -361,3 +361,33 @@ mod tests {
         assert_eq!(progress.percentage, Some(45.0));
     }
 }
+
+/// A user account. The password is kept only as an argon2 hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub username: String,
+    pub password_hash: String,
+    pub role: crate::auth::Role,
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key. The key itself is shown once at creation; only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// The user the key acts as.
+    pub owner: String,
+    pub secret_sha256: String,
+    /// The key's role; `None` with explicit `permissions` means those permissions only.
+    pub role: Option<crate::auth::Role>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "timestamp::option", default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(with = "timestamp::option", default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+}

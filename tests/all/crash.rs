@@ -28,8 +28,8 @@ async fn queue_totals(api: &crate::harness::Api<'_>) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_host_mid_run_loses_no_task_and_ends_each_exactly_once() {
     let data = tempfile::tempdir().expect("data dir");
-    let client = reqwest::Client::new();
-    let host = HostProcess::spawn(data.path(), None);
+    let host = HostProcess::spawn(data.path());
+    let client = host.client().await;
     let api = host.api(&client);
 
     // 1000 tasks, half cooperative sleeps and half echoes, created 50 at a time.
@@ -71,7 +71,8 @@ async fn killing_the_host_mid_run_loses_no_task_and_ends_each_exactly_once() {
     }
     host.kill9();
 
-    let host = HostProcess::spawn(data.path(), None);
+    let host = HostProcess::spawn(data.path());
+    let client = host.client().await;
     let api = host.api(&client);
     let start = Instant::now();
     loop {
@@ -125,8 +126,8 @@ async fn killing_the_host_mid_run_loses_no_task_and_ends_each_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_puts_a_running_task_back_without_spending_an_attempt() {
     let data = tempfile::tempdir().expect("data dir");
-    let client = reqwest::Client::new();
-    let mut host = HostProcess::spawn(data.path(), None);
+    let mut host = HostProcess::spawn(data.path());
+    let client = host.client().await;
     let api = host.api(&client);
     let task = api
         .create(json!({"plugin": "testkit", "type": "sleep", "input": {"ms": 3000, "steps": 30}, "id": "graceful-1", "max_attempts": 1}))
@@ -139,7 +140,8 @@ async fn sigterm_puts_a_running_task_back_without_spending_an_attempt() {
     assert!(host.terminate(), "the host exits cleanly on SIGTERM");
     drop(host);
 
-    let host = HostProcess::spawn(data.path(), None);
+    let host = HostProcess::spawn(data.path());
+    let client = host.client().await;
     let api = host.api(&client);
     let done = api.finished("graceful-1").await;
     // With max_attempts 1, a spent attempt would have failed the task as INTERRUPTED.

@@ -14,6 +14,9 @@ use taskhost::config::Config;
 use taskhost::runtime::Grants;
 use tokio::sync::oneshot;
 
+/// The admin password every test host starts with.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
 /// A compile cache shared by every test, so that each server does not recompile the plugins.
 pub fn shared_cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
@@ -25,6 +28,11 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    pub fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
     /// Grants for the bundled testkit plugin.
     pub fn testkit_grants(mut self, grants: Grants) -> Self {
         self.config.plugins.insert("testkit".into(), grants);
@@ -48,7 +56,10 @@ impl ServerBuilder {
 /// A host serving in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Logged in as admin.
     pub client: reqwest::Client,
+    /// The admin's bearer token.
+    pub token: String,
     /// Kept so the directory lives as long as the server.
     _data: tempfile::TempDir,
     /// Dropping it shuts the server down gracefully.
@@ -64,6 +75,11 @@ impl TestServer {
         config.engine.retry_max_ms = 500;
         config.engine.cancel_grace_s = 1;
         config.engine.shutdown_grace_s = 2;
+        config.auth.admin_password = Some(ADMIN_PASSWORD.into());
+        // Tests make many requests quickly; the rate-limit tests set their own limits.
+        config.rate_limits.per_principal_per_minute = 1_000_000;
+        config.rate_limits.per_ip_per_minute = 1_000_000;
+        config.rate_limits.login_per_minute = 10_000;
         ServerBuilder { config }
     }
 
@@ -82,12 +98,46 @@ impl TestServer {
         tokio::spawn(taskhost::app::run(state, listener, async {
             let _ = stop_rx.await;
         }));
+        let token = login(&format!("http://{addr}"), "admin", ADMIN_PASSWORD).await;
         Self {
             addr,
-            client: reqwest::Client::new(),
+            client: client_with_token(&token),
+            token,
             _data: data,
             _stop: stop,
         }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
+    /// A plain client, for requests that set their own credentials.
+    pub fn client_without_auth(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// A client with no credentials.
+    pub fn anonymous(&self) -> Api<'static> {
+        static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        Api {
+            client: CLIENT.get_or_init(reqwest::Client::new),
+            base: format!("http://{}", self.addr),
+        }
+    }
+
+    /// Creates a user (as admin) and returns a client logged in as them.
+    pub async fn user(&self, username: &str, role: &str) -> reqwest::Client {
+        let password = format!("{username}-password");
+        let (status, body) = self
+            .api()
+            .post(
+                "/api/v1/users",
+                json!({"username": username, "password": password, "role": role}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        client_with_token(&login(&format!("http://{}", self.addr), username, &password).await)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -213,6 +263,30 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code
     );
 }
 
+/// Logs in and returns the bearer token.
+pub async fn login(base: &str, username: &str, password: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login sent");
+    assert_eq!(response.status(), StatusCode::OK, "login as {username}");
+    let body: Value = response.json().await.expect("json");
+    body["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 pub fn echo(input: Value) -> Value {
     json!({"plugin": "testkit", "type": "echo", "input": input})
 }
@@ -224,18 +298,25 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Starts the binary on `data_dir` and waits for its `listening on` line.
-    pub fn spawn(data_dir: &Path, config_file: Option<&Path>) -> Self {
+    /// Starts the binary on `data_dir` with the test admin password and rate limits out of
+    /// the way, and waits for its `listening on` line.
+    pub fn spawn(data_dir: &Path) -> Self {
+        let config_file = data_dir.join("test-config.toml");
+        std::fs::write(
+            &config_file,
+            "[rate_limits]\nper_principal_per_minute = 1000000\nper_ip_per_minute = 1000000\n",
+        )
+        .expect("config written");
         let mut command = Command::new(env!("CARGO_BIN_EXE_taskhost"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .arg("--config")
+            .arg(&config_file)
             .env("RUST_LOG", "info")
+            .env("TASKHOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(config) = config_file {
-            command.arg("--config").arg(config);
-        }
         let mut child = command.spawn().expect("taskhost starts");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -263,6 +344,11 @@ impl HostProcess {
             client,
             base: format!("http://{}", self.addr),
         }
+    }
+
+    /// A client logged in as admin.
+    pub async fn client(&self) -> reqwest::Client {
+        client_with_token(&login(&format!("http://{}", self.addr), "admin", ADMIN_PASSWORD).await)
     }
 
     /// SIGTERM, then waits (up to 30 s) for the process to exit; returns whether it exited 0.

@@ -2,6 +2,7 @@
 //! real server, and crash recovery of the real binary.
 
 mod api;
+mod auth;
 mod crash;
 mod harness;
 mod runtime;

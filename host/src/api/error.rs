@@ -12,6 +12,7 @@ use warp::reply::Response;
 use warp::{Rejection, Reply};
 
 use super::request;
+use crate::auth::AuthError;
 use crate::engine::EngineError;
 use crate::registry::RegistryError;
 
@@ -22,6 +23,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Value,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -33,7 +36,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: json!({}),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -62,7 +71,19 @@ impl ApiError {
             "request_id": request::id(),
             "timestamp": crate::model::timestamp::format(&Utc::now()),
         });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after {
+            headers.insert("retry-after", warp::http::HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                "www-authenticate",
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -104,6 +125,32 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unauthenticated(message) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_REQUIRED", message)
+            }
+            AuthError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+            }
+            AuthError::Invalid(message) => ApiError::validation(message),
+            AuthError::Exists(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                format!("{what} already exists"),
+            ),
+            AuthError::KeyNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("API key {id} not found"),
+            ),
+            AuthError::Storage(e) => ApiError::internal(e),
+            AuthError::Setup(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         match error {
@@ -131,6 +178,7 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
             code: api.code,
             message: api.message.clone(),
             details: api.details.clone(),
+            retry_after: api.retry_after,
         }
     } else if rejection.is_not_found() {
         ApiError::new(

@@ -3,9 +3,11 @@
 //! [`error`]. [`serve`] runs the routes on a listener the caller bound, so tests can bind
 //! `127.0.0.1:0`.
 
+mod auth_routes;
 mod error;
-mod openapi;
+pub mod openapi;
 mod plugins;
+pub mod ratelimit;
 mod system;
 mod tasks;
 
@@ -29,32 +31,43 @@ use warp::reply::Response;
 
 pub use error::ApiError;
 
-use crate::auth::Principal;
+use crate::auth::{Auth, AuthError, Principal};
 use crate::config::Config;
 use crate::engine::Engine;
+use ratelimit::{Class, RateLimits};
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    pub auth: Auth,
+    pub limits: Arc<RateLimits>,
     pub config: Arc<Config>,
     /// Set once storage is open, plugins are loaded and recovery is done.
     pub ready: Arc<AtomicBool>,
     pub http_requests: Arc<AtomicU64>,
 }
 
-/// The request being handled: its id (echoed or made), method and path, for error bodies and
-/// logs. Set around every request by [`serve`].
+/// The request being handled: its id (echoed or made), method, path and client address, and
+/// the rate limit that applied, for error bodies, headers and logs. Set around every request
+/// by [`serve`].
 pub mod request {
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex};
+
+    use super::ratelimit::RateInfo;
+
     tokio::task_local! {
-        static CURRENT: RequestInfo;
+        static CURRENT: Arc<RequestInfo>;
     }
 
-    #[derive(Debug, Clone)]
+    #[derive(Debug)]
     pub struct RequestInfo {
         pub id: String,
         pub method: String,
         pub path: String,
+        pub peer: IpAddr,
+        pub rate: Mutex<Option<RateInfo>>,
     }
 
     pub fn id() -> String {
@@ -69,7 +82,17 @@ pub mod request {
         CURRENT.try_with(|r| r.path.clone()).unwrap_or_default()
     }
 
-    pub async fn scope<F: std::future::Future>(info: RequestInfo, f: F) -> F::Output {
+    pub fn peer() -> Option<IpAddr> {
+        CURRENT.try_with(|r| r.peer).ok()
+    }
+
+    /// Records the limit that applied to this request, for its `X-RateLimit-*` headers.
+    pub fn set_rate(info: RateInfo) {
+        let _ =
+            CURRENT.try_with(|r| *r.rate.lock().unwrap_or_else(|p| p.into_inner()) = Some(info));
+    }
+
+    pub async fn scope<F: std::future::Future>(info: Arc<RequestInfo>, f: F) -> F::Output {
         CURRENT.scope(info, f).await
     }
 }
@@ -85,9 +108,77 @@ pub fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
 }
 
-/// The caller. Until authentication is configured, every request acts as the local admin.
-pub fn principal() -> impl Filter<Extract = (Principal,), Error = Infallible> + Clone {
-    warp::any().map(Principal::local_admin)
+/// Counts a request against a limit; a refusal is a 429 with `Retry-After`.
+pub fn check_rate(limits: &RateLimits, class: Class, key: &str) -> Result<(), ApiError> {
+    match limits.check(class, key) {
+        None => Ok(()),
+        Some(Ok(info)) => {
+            request::set_rate(info);
+            Ok(())
+        }
+        Some(Err(exceeded)) => {
+            request::set_rate(exceeded.info);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMIT_EXCEEDED",
+                format!("rate limit exceeded; retry in {} s", exceeded.retry_after_s),
+            )
+            .retry_after(exceeded.retry_after_s))
+        }
+    }
+}
+
+/// The caller, from `Authorization: Bearer <jwt or API key>` or `X-API-Key`. Query-string
+/// credentials are not accepted here (only on WebSocket upgrades). Counts the request against
+/// the principal's rate limit.
+pub fn authenticated(
+    state: AppState,
+) -> impl Filter<Extract = (Principal,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("x-api-key"))
+        .and_then(
+            move |authorization: Option<String>, api_key: Option<String>| {
+                let state = state.clone();
+                async move {
+                    let principal =
+                        authenticate(&state, authorization.as_deref(), api_key.as_deref())
+                            .map_err(warp::reject::custom)?;
+                    check_rate(&state.limits, Class::Principal, &principal.name)
+                        .map_err(warp::reject::custom)?;
+                    Ok::<_, warp::Rejection>(principal)
+                }
+            },
+        )
+}
+
+fn authenticate(
+    state: &AppState,
+    authorization: Option<&str>,
+    api_key: Option<&str>,
+) -> Result<Principal, ApiError> {
+    if !state.auth.enabled() {
+        return Ok(Principal::local_admin());
+    }
+    let result = match (authorization, api_key) {
+        (Some(header), _) => {
+            let mut parts = header.splitn(2, ' ');
+            match (parts.next(), parts.next()) {
+                (Some(scheme), Some(credential))
+                    if scheme.eq_ignore_ascii_case("bearer") && !credential.trim().is_empty() =>
+                {
+                    state.auth.authenticate_bearer(credential.trim())
+                }
+                _ => Err(AuthError::Unauthenticated(
+                    "the Authorization header must be `Bearer <token or API key>`",
+                )),
+            }
+        }
+        (None, Some(key)) => state.auth.authenticate_api_key(key.trim()),
+        (None, None) => Err(AuthError::Unauthenticated(
+            "credentials required: Authorization: Bearer <token or API key>, or X-API-Key",
+        )),
+    };
+    result.map_err(ApiError::from)
 }
 
 /// The request body as bytes, refused with 413 past `limit` (whether or not it says its
@@ -262,6 +353,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api_routes = tasks::routes(state.clone())
         .or(plugins::routes(state.clone()))
         .unify()
+        .or(auth_routes::routes(state.clone()))
+        .unify()
         .or(system::api_routes(state.clone()))
         .unify();
     api.and(api_routes)
@@ -270,6 +363,40 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .recover(error::handle_rejection)
         .unify()
         .boxed()
+}
+
+/// Cross-origin requests, for the origins the operator allowed (none by default).
+mod cors {
+    use warp::http::{HeaderValue, StatusCode};
+    use warp::reply::Response;
+
+    pub fn preflight() -> Response {
+        let mut response = Response::new(warp::hyper::body::Bytes::new().into());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+        );
+        headers.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("authorization, content-type, x-api-key, x-request-id"),
+        );
+        headers.insert("access-control-max-age", HeaderValue::from_static("600"));
+        response
+    }
+
+    pub fn allow(response: &mut Response, origin: &str) {
+        if let Ok(origin) = HeaderValue::from_str(origin) {
+            let headers = response.headers_mut();
+            headers.insert("access-control-allow-origin", origin);
+            headers.insert("vary", HeaderValue::from_static("origin"));
+            headers.insert(
+                "access-control-expose-headers",
+                HeaderValue::from_static("x-request-id, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, retry-after"),
+            );
+        }
+    }
 }
 
 /// Headers every response carries.
@@ -318,20 +445,55 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             () = &mut shutdown => break,
         };
         let service = service.clone();
-        let counter = state.http_requests.clone();
+        let state = state.clone();
         let handler =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let mut service = service.clone();
-                counter.fetch_add(1, Ordering::Relaxed);
-                let info = request::RequestInfo {
+                let state = state.clone();
+                state.http_requests.fetch_add(1, Ordering::Relaxed);
+                let info = Arc::new(request::RequestInfo {
                     id: request_id(request.headers()),
                     method: request.method().to_string(),
                     path: request.uri().path().to_owned(),
-                };
+                    peer: peer.ip(),
+                    rate: std::sync::Mutex::new(None),
+                });
+                let origin = request
+                    .headers()
+                    .get("origin")
+                    .and_then(|o| o.to_str().ok())
+                    .map(str::to_owned);
+                let preflight = request.method() == hyper::Method::OPTIONS
+                    && request
+                        .headers()
+                        .contains_key("access-control-request-method");
                 async move {
-                    let id = info.id.clone();
-                    let mut response = request::scope(info, service.call(request)).await?;
-                    secure(&mut response, &id);
+                    let is_api = info.path.starts_with("/api/v1/");
+                    let allowed_origin = origin.filter(|o| state.config.cors.allows(o));
+                    let mut response = request::scope(info.clone(), async {
+                        if preflight && allowed_origin.is_some() {
+                            return Ok(cors::preflight());
+                        }
+                        if is_api
+                            && let Err(refused) =
+                                check_rate(&state.limits, Class::Ip, &info.peer.to_string())
+                        {
+                            return Ok(refused.into_response());
+                        }
+                        service.call(request).await
+                    })
+                    .await?;
+                    secure(&mut response, &info.id);
+                    if let Some(origin) = &allowed_origin {
+                        cors::allow(&mut response, origin);
+                    }
+                    let rate = *info.rate.lock().unwrap_or_else(|p| p.into_inner());
+                    if is_api && let Some(rate) = rate {
+                        let headers = response.headers_mut();
+                        headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+                        headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
+                        headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_s));
+                    }
                     Ok::<_, Infallible>(response)
                 }
             });

@@ -34,6 +34,46 @@ const fn route(
 pub const ROUTES: &[Route] = &[
     route(
         "post",
+        "/api/v1/auth/login",
+        "Log in with username and password; returns a bearer token (no credentials needed)",
+        200,
+        Some("Login"),
+        "Token",
+    ),
+    route(
+        "post",
+        "/api/v1/auth/api-keys",
+        "Create an API key (the key is shown once)",
+        201,
+        Some("ApiKeyRequest"),
+        "ApiKey",
+    ),
+    route(
+        "get",
+        "/api/v1/auth/api-keys",
+        "List API keys (an admin sees all)",
+        200,
+        None,
+        "Object",
+    ),
+    route(
+        "delete",
+        "/api/v1/auth/api-keys/{id}",
+        "Revoke an API key",
+        200,
+        None,
+        "ApiKey",
+    ),
+    route(
+        "post",
+        "/api/v1/users",
+        "Create a user (users:manage)",
+        201,
+        Some("NewUser"),
+        "Object",
+    ),
+    route(
+        "post",
         "/api/v1/tasks",
         "Create a task",
         202,
@@ -290,7 +330,8 @@ pub fn document() -> Value {
             operation["requestBody"] =
                 json!({"required": true, "content": {media: {"schema": schema_ref(request)}}});
         }
-        let public = path.starts_with("/health") || *path == "/metrics";
+        let public =
+            path.starts_with("/health") || *path == "/metrics" || *path == "/api/v1/auth/login";
         if public {
             operation["security"] = json!([]);
         }
@@ -353,6 +394,11 @@ pub fn document() -> Value {
                 "LogPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": object}},
                 "RecordPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": schema_ref("PageMeta")}},
                 "PageMeta": {"type": "object", "properties": {"total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"}, "has_more": {"type": "boolean"}}},
+                "Login": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}}},
+                "Token": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_in": {"type": "integer"}, "user": object}},
+                "ApiKeyRequest": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}, "permissions": {"type": "array", "items": {"type": "string"}}, "expires_at": {"type": "string", "format": "date-time"}}},
+                "ApiKey": object,
+                "NewUser": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
                 "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object,
                 "Component": {"type": "string", "format": "binary"},
                 "Text": {"type": "string"},

@@ -11,7 +11,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{ApiError, AppState, Query, body, json_reply, principal, raw_query, respond};
+use super::{ApiError, AppState, Query, authenticated, body, json_reply, raw_query, respond};
 use crate::auth::Principal;
 use crate::registry::LoadedPlugin;
 use crate::runtime::Grants;
@@ -48,12 +48,13 @@ pub fn plugin_json(state: &AppState, loaded: &LoadedPlugin) -> Value {
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let auth = authenticated(state.clone());
     let limit = state.config.max_plugin_bytes;
     let with_state = warp::any().map(move || state.clone());
 
     let list = warp::path!("plugins")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|_p: Principal, s: AppState| async move {
             let data: Vec<Value> = s
@@ -67,7 +68,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let get = warp::path!("plugins" / String)
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|name: String, _p: Principal, s: AppState| async move {
             respond(
@@ -86,7 +87,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let upload = warp::path!("plugins")
         .and(warp::post())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .and(warp::header::optional::<String>("content-type"))
@@ -110,7 +111,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let replace =
         warp::path!("plugins" / String)
             .and(warp::put())
-            .and(principal())
+            .and(auth.clone())
             .and(with_state.clone())
             .and(raw_query())
             .and(warp::header::optional::<String>("content-type"))
@@ -138,7 +139,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             );
     let unload = warp::path!("plugins" / String)
         .and(warp::delete())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state)
         .and(raw_query())
         .then(

@@ -13,7 +13,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{ApiError, AppState, Query, json_reply, principal, raw_query, respond};
+use super::{ApiError, AppState, Query, authenticated, json_reply, raw_query, respond};
 use crate::auth::Principal;
 use crate::engine::StatsQuery;
 use crate::model::TaskStatus;
@@ -61,10 +61,11 @@ pub fn root_routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 /// Routes under `/api/v1`.
 pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let auth = authenticated(state.clone());
     let with_state = warp::any().map(move || state.clone());
     let health = warp::path!("health")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .then(
@@ -72,7 +73,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         );
     let queues = warp::path!("queues")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|_p: Principal, s: AppState| async move {
             respond(
@@ -88,7 +89,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
             .and(warp::path(action))
             .and(warp::path::end())
             .and(warp::post())
-            .and(principal())
+            .and(auth.clone())
             .and(with_state.clone())
             .then(
                 move |plugin: String, p: Principal, s: AppState| async move {
@@ -104,7 +105,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
     };
     let clear_failed = warp::path!("queues" / String / "failed")
         .and(warp::delete())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|plugin: String, p: Principal, s: AppState| async move {
             respond(
@@ -117,7 +118,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let stats = warp::path!("stats")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .then(|p: Principal, s: AppState, q: String| async move {
@@ -139,7 +140,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .map(|_p: Principal| json_reply(StatusCode::OK, &super::openapi::document()));
     health
         .or(queues)

@@ -13,7 +13,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{
-    ApiError, AppState, Query, body, json_reply, page, parse_json, principal, raw_query, respond,
+    ApiError, AppState, Query, authenticated, body, json_reply, page, parse_json, raw_query,
+    respond,
 };
 use crate::auth::Principal;
 use crate::engine::{NewTask, ProgressReport, TaskUpdate};
@@ -55,6 +56,7 @@ struct MessageBody {
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let auth = authenticated(state.clone());
     let limit = state.config.max_body_bytes;
     let with_state = {
         let state = state.clone();
@@ -69,7 +71,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
     let create = warp::path!("tasks")
         .and(warp::post())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(body(limit))
         .then(
@@ -77,13 +79,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         );
     let list = warp::path!("tasks")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .then(|p: Principal, s: AppState, q: String| async move { respond(list(&p, &s, &q)) });
     let get = warp::path!("tasks" / String)
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
             respond(
@@ -95,7 +97,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let cancel = warp::path!("tasks" / String)
         .and(warp::delete())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
             respond(
@@ -108,7 +110,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let update = warp::path!("tasks" / String)
         .and(warp::put())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(body(limit))
         .then(
@@ -126,7 +128,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let control = |action: &'static str| {
         task(action)
             .and(warp::post())
-            .and(principal())
+            .and(auth.clone())
             .and(with_state.clone())
             .then(move |id: String, p: Principal, s: AppState| async move {
                 let result = match action {
@@ -143,7 +145,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     };
     let report_progress = task("progress")
         .and(warp::post())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(body(limit))
         .then(
@@ -160,7 +162,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         );
     let get_progress = task("progress")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
             respond(s.engine.get(&p, &id).map_err(Into::into).map(|t| {
@@ -172,7 +174,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let events = task("events")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .then(
@@ -182,7 +184,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         );
     let logs = task("logs")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .then(
@@ -192,7 +194,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         );
     let records = task("records")
         .and(warp::get())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
         .then(
@@ -202,7 +204,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         );
     let message = task("messages")
         .and(warp::post())
-        .and(principal())
+        .and(auth.clone())
         .and(with_state.clone())
         .and(body(limit))
         .then(

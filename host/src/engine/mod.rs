@@ -26,7 +26,10 @@ use tracing::warn;
 pub use error::EngineError;
 pub use stats::{Stats, StatsQuery};
 
-use crate::auth::{Principal, TaskAction};
+use crate::auth::{
+    Principal, SecretBox, TaskAction, redact, redact_value, seal_secrets, secret_paths,
+    secret_strings,
+};
 use crate::model::{
     Event, EventKind, Executor, LogEntry, NewEvent, Record, Task, TaskProgress, TaskStatus,
 };
@@ -136,6 +139,8 @@ pub struct Engine {
 
 pub(crate) struct Inner {
     storage: Arc<dyn Storage>,
+    /// Seals the secret fields of task inputs.
+    secrets: Arc<SecretBox>,
     durability: Durability,
     registry: Arc<PluginRegistry>,
     config: EngineConfig,
@@ -201,9 +206,11 @@ impl Engine {
     pub async fn start(
         storage: Arc<dyn Storage>,
         registry: Arc<PluginRegistry>,
+        secrets: Arc<SecretBox>,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         let inner = Arc::new(Inner {
+            secrets,
             durability: Durability::new(storage.clone()),
             storage,
             registry,
@@ -268,7 +275,25 @@ impl Engine {
                 principal.name, new.plugin
             )));
         }
-        let timeout_limit = self.check_new_task(&new).await?;
+        // Secrets must not reach the client through an error message either.
+        let paths = self.secret_paths_of(&new);
+        let mut input = new.input.clone();
+        let secrets = seal_secrets(&mut input, &paths);
+        let secret_list = secrets.as_ref().map(secret_strings).unwrap_or_default();
+        let timeout_limit = self.check_new_task(&new).await.map_err(|e| match e {
+            EngineError::Validation {
+                message,
+                mut details,
+            } => {
+                redact_value(&mut details, &secret_list);
+                EngineError::Validation {
+                    message: redact(&message, &secret_list),
+                    details,
+                }
+            }
+            other => other,
+        })?;
+        let sealed_input = secrets.map(|s| self.inner.secrets.seal(&s));
         let now = Utc::now();
         let id = new
             .id
@@ -285,8 +310,8 @@ impl Engine {
                 TaskStatus::Queued
             },
             executor: new.executor,
-            input: new.input,
-            sealed_input: None,
+            input,
+            sealed_input,
             labels: new.labels,
             priority: new.priority.unwrap_or(0),
             owner: principal.name.clone(),
@@ -331,6 +356,24 @@ impl Engine {
             task = updated;
         }
         Ok(task)
+    }
+
+    /// JSON pointers of the input fields the task type's schema marks `writeOnly`.
+    fn secret_paths_of(&self, new: &NewTask) -> Vec<String> {
+        if new.executor == Executor::External {
+            return Vec::new();
+        }
+        self.inner
+            .registry
+            .get(&new.plugin)
+            .and_then(|loaded| {
+                loaded
+                    .plugin
+                    .info()
+                    .task_type(&new.task_type)
+                    .map(|t| secret_paths(&t.input_schema))
+            })
+            .unwrap_or_default()
     }
 
     /// Checks a new task against the plugin and the API's rules; returns its timeout limit.

@@ -8,7 +8,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{Engine, EngineError, Inner, NewTask, transition};
-use crate::auth::{Principal, Role};
+use crate::auth::{Principal, Role, redact, redact_value};
 use crate::model::{EventKind, NewEvent, Record, Task, TaskStatus};
 use crate::runtime::{
     ErrorKind, GuestTaskError, HostError, LogLevel, Progress, SpawnRequest, TaskServices,
@@ -24,14 +24,17 @@ pub(crate) struct EngineServices {
     /// The task as it started; its id, owner, plugin and labels do not change during a run.
     task: Task,
     children: std::sync::atomic::AtomicU64,
+    /// This run's secret values: masked out of everything it reports.
+    secrets: Vec<String>,
 }
 
 impl EngineServices {
-    pub(crate) fn new(inner: Arc<Inner>, task: &Task) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>, task: &Task, secrets: Vec<String>) -> Self {
         Self {
             inner,
             task: task.clone(),
             children: std::sync::atomic::AtomicU64::new(0),
+            secrets,
         }
     }
 
@@ -76,7 +79,9 @@ fn level_name(level: LogLevel) -> &'static str {
 
 #[async_trait]
 impl TaskServices for EngineServices {
-    async fn progress(&self, progress: Progress) {
+    async fn progress(&self, mut progress: Progress) {
+        progress.step = progress.step.map(|s| redact(&s, &self.secrets));
+        progress.message = progress.message.map(|m| redact(&m, &self.secrets));
         let result = self.inner.modify(&self.task.id, |task| {
             if task.status != TaskStatus::Running {
                 return Err(EngineError::Conflict(String::new()));
@@ -102,6 +107,7 @@ impl TaskServices for EngineServices {
     }
 
     async fn log(&self, level: LogLevel, message: String) {
+        let message = redact(&message, &self.secrets);
         if let Err(e) = self
             .inner
             .storage
@@ -115,11 +121,12 @@ impl TaskServices for EngineServices {
         &self,
         collection: String,
         key: String,
-        data: serde_json::Value,
+        mut data: serde_json::Value,
     ) -> Result<(), HostError> {
+        redact_value(&mut data, &self.secrets);
         let record = Record {
             collection,
-            key,
+            key: redact(&key, &self.secrets),
             data,
             updated_at: Utc::now(),
         };
@@ -178,11 +185,7 @@ impl TaskServices for EngineServices {
         let input = serde_json::from_str(&request.input)
             .map_err(|e| host_error(ErrorKind::Invalid, format!("child input is not JSON: {e}")))?;
         // The child belongs to whoever owns the parent.
-        let owner = Principal {
-            name: self.task.owner.clone(),
-            role: Role::User,
-            permissions: Vec::new(),
-        };
+        let owner = Principal::with_role(&self.task.owner, Role::User);
         let new = NewTask {
             plugin: request.plugin.unwrap_or_else(|| self.task.plugin.clone()),
             task_type: request.task_type,

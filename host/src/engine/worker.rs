@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::services::EngineServices;
 use super::{EngineError, Inner, RunningTask, lock, transition};
+use crate::auth::{redact, redact_value, secret_strings, unseal_into};
 use crate::model::{EventKind, Executor, NewEvent, Task, TaskStatus};
 use crate::runtime::{Directive, Invocation, RunOutcome, TaskControl, TaskFailure};
 
@@ -189,16 +190,38 @@ impl Inner {
                     true,
                 )),
                 Directive::Run,
+                &[],
             )
             .await;
             return;
         };
         let plugin = loaded.plugin.clone();
-        let services = Arc::new(EngineServices::new(self.clone(), &task));
+        let mut input = task.input.clone();
+        let mut secrets = Vec::new();
+        if let Some(sealed) = &task.sealed_input {
+            match self.secrets.unseal(sealed) {
+                Ok(values) => {
+                    secrets = secret_strings(&values);
+                    unseal_into(&mut input, &values);
+                }
+                Err(e) => {
+                    self.release(&id, &plugin_name);
+                    let failure = TaskFailure::new(
+                        "SECRETS_UNAVAILABLE",
+                        format!("the task's secret input cannot be read: {e}"),
+                        false,
+                    );
+                    self.finish(&task, RunOutcome::Failed(failure), Directive::Run, &[])
+                        .await;
+                    return;
+                }
+            }
+        }
+        let services = Arc::new(EngineServices::new(self.clone(), &task, secrets.clone()));
         let invocation = Invocation {
             task_id: task.id.clone(),
             task_type: task.task_type.clone(),
-            input: task.input.to_string(),
+            input: input.to_string(),
             attempt: task.attempt,
             labels: task
                 .labels
@@ -210,7 +233,7 @@ impl Inner {
         let outcome = plugin.run(invocation, services, control.clone()).await;
         let directive = control.directive();
         self.release(&id, &plugin_name);
-        self.finish(&task, outcome, directive).await;
+        self.finish(&task, outcome, directive, &secrets).await;
     }
 
     /// Backoff before attempt `attempt + 1`: exponential from the base, capped, with jitter
@@ -224,8 +247,18 @@ impl Inner {
         Duration::from_millis(jittered)
     }
 
-    /// Records how a run ended.
-    async fn finish(self: &Arc<Self>, task: &Task, outcome: RunOutcome, directive: Directive) {
+    /// Records how a run ended, with the run's secrets masked out of its result and error.
+    async fn finish(
+        self: &Arc<Self>,
+        task: &Task,
+        mut outcome: RunOutcome,
+        directive: Directive,
+        secrets: &[String],
+    ) {
+        match &mut outcome {
+            RunOutcome::Completed(value) => redact_value(value, secrets),
+            RunOutcome::Failed(failure) => failure.message = redact(&failure.message, secrets),
+        }
         let id = task.id.clone();
         let result = self.modify(&id, |task| {
             let now = Utc::now();

@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, broadcast};
 
 pub use sled_store::SledStorage;
 
-use crate::model::{Event, LogEntry, NewEvent, Record, Task, TaskStatus};
+use crate::model::{ApiKeyRecord, Event, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -160,6 +160,16 @@ pub trait Storage: Send + Sync + 'static {
 
     fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError>;
     fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError>;
+
+    /// Stores a user; with `only_new`, fails with `Duplicate` when the name is taken.
+    fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError>;
+    fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError>;
+    fn count_users(&self) -> Result<u64, StorageError>;
+
+    fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StorageError>;
+    fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError>;
+    /// Keys of one owner, or all.
+    fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError>;
 
     /// Live events, in `seq` order, from the moment of subscribing.
     fn subscribe(&self) -> broadcast::Receiver<Event>;

@@ -16,6 +16,8 @@
 //! | `r\0{id}\0{collection}\0{key}` | record JSON |
 //! | `k\0{plugin}\0{key}` | plugin key-value data |
 //! | `q\0{plugin}` | (queue paused) |
+//! | `u\0{username}` | user JSON |
+//! | `a\0{key id}` | API key JSON |
 //!
 //! Writes take one commit lock: it makes read-check-write of a task atomic, gives `seq` in
 //! order and publishes events in that same order.
@@ -29,7 +31,9 @@ use sled::{Batch, IVec, Tree};
 use tokio::sync::broadcast;
 
 use super::{SortField, StatusCounts, Storage, StorageError, TaskQuery};
-use crate::model::{Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus};
+use crate::model::{
+    ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
+};
 
 /// Live events buffered for slow subscribers before they lag.
 const BROADCAST_CAPACITY: usize = 16 * 1024;
@@ -628,6 +632,58 @@ impl Storage for SledStorage {
                 String::from_utf8(k[skip..].to_vec()).map_err(backend)
             })
             .collect()
+    }
+
+    fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError> {
+        let k = key(&[b"u", user.username.as_bytes()]);
+        let value = encode(user)?;
+        if only_new {
+            self.main
+                .compare_and_swap(k, None as Option<&[u8]>, Some(value))
+                .map_err(backend)?
+                .map_err(|_| StorageError::Duplicate(user.username.clone()))?;
+        } else {
+            self.main.insert(k, value).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
+        self.main
+            .get(key(&[b"u", username.as_bytes()]))
+            .map_err(backend)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn count_users(&self) -> Result<u64, StorageError> {
+        Ok(self.main.scan_prefix(prefix(&[b"u"])).keys().count() as u64)
+    }
+
+    fn put_api_key(&self, api_key: &ApiKeyRecord) -> Result<(), StorageError> {
+        self.main
+            .insert(key(&[b"a", api_key.id.as_bytes()]), encode(api_key)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError> {
+        self.main
+            .get(key(&[b"a", id.as_bytes()]))
+            .map_err(backend)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError> {
+        let mut keys = Vec::new();
+        for value in self.main.scan_prefix(prefix(&[b"a"])).values() {
+            let record: ApiKeyRecord = decode(&value.map_err(backend)?)?;
+            if owner.is_none_or(|o| o == record.owner) {
+                keys.push(record);
+            }
+        }
+        Ok(keys)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -8,6 +8,8 @@
 //! - `busy_loop`: spins forever without calling the host (only the wall-clock limit stops it).
 //! - `memory_hog`: `{"mb_per_step"?}` — allocates until the memory limit stops it.
 //! - `host_calls`: calls every host import and reports what each answered.
+//! - `leak_secret`: `{"credentials": {"access_token"}}` (writeOnly) — tries to leak the token
+//!   through every channel a plugin has, to show that the host masks it everywhere.
 
 use std::time::Duration;
 
@@ -83,6 +85,24 @@ impl Plugin for Testkit {
             }),
         ))
         .task_type(TaskType::new(
+            "leak_secret",
+            "Receives a secret token and tries to leak it through every channel",
+            json!({
+                "type": "object",
+                "properties": {
+                    "api_endpoint": {"type": "string"},
+                    "credentials": {
+                        "type": "object",
+                        "properties": {
+                            "access_token": {"type": "string", "writeOnly": true, "minLength": 4},
+                        },
+                        "required": ["access_token"],
+                    },
+                },
+                "required": ["credentials"],
+            }),
+        ))
+        .task_type(TaskType::new(
             "host_calls",
             "Calls every host import and reports what each answered",
             json!({
@@ -100,6 +120,14 @@ impl Plugin for Testkit {
     }
 
     fn validate(task_type: &str, input: &Value) -> Result<(), TaskError> {
+        if task_type == "leak_secret" {
+            let token = input["credentials"]["access_token"].as_str().unwrap_or("");
+            if token == "reject-me" {
+                return Err(TaskError::invalid_input(format!(
+                    "token {token} is not acceptable"
+                )));
+            }
+        }
         if task_type == "sleep" {
             let steps = input.get("steps").and_then(Value::as_u64).unwrap_or(1);
             let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
@@ -131,6 +159,7 @@ impl Plugin for Testkit {
             "busy_loop" => busy_loop(),
             "memory_hog" => memory_hog(&ctx.input),
             "host_calls" => Ok(host_calls(&ctx)),
+            "leak_secret" => leak_secret(&ctx.input),
             other => Err(TaskError::fatal(
                 "UNSUPPORTED_TASK_TYPE",
                 format!("testkit has no task type {other}"),
@@ -176,6 +205,26 @@ fn memory_hog(input: &Value) -> Result<Value, TaskError> {
         hoard.push(vec![0xA5; mb_per_step * 1024 * 1024]);
         std::hint::black_box(&hoard);
     }
+}
+
+fn leak_secret(input: &Value) -> Result<Value, TaskError> {
+    let token = input["credentials"]["access_token"]
+        .as_str()
+        .unwrap_or_default();
+    log::info(&format!("using token {token}"));
+    println!("stdout token={token}");
+    eprintln!("stderr token={token}");
+    Progress::new()
+        .processed(1)
+        .total(1)
+        .message(&format!("authenticated with {token}"))
+        .report();
+    records::emit("tokens", token, &json!({"token": token}))?;
+    Ok(json!({
+        "token": token,
+        "token_length": token.len(),
+        "looks_like_gitlab": token.starts_with("glpat-"),
+    }))
 }
 
 fn outcome<T>(result: Result<T, HostError>, ok: impl FnOnce(T) -> Value) -> Value {

@@ -5,7 +5,16 @@
 //! `<plugin>:<action>` (`*` for any plugin) plus `plugins:manage`, `users:manage`,
 //! `runners:register` and `tasks:report`; roles grant defaults.
 
+mod secrets;
+mod service;
+
 use serde::{Deserialize, Serialize};
+
+pub use secrets::{
+    MASK, SecretBox, SecretError, redact, redact_value, seal_secrets, secret_paths, secret_strings,
+    unseal_into,
+};
+pub use service::{ApiKeyRequest, Auth, AuthConfig, AuthError, LoginResult, api_key_json};
 
 use crate::model::Task;
 
@@ -25,6 +34,18 @@ pub enum TaskAction {
     Cancel,
 }
 
+impl Role {
+    /// Whether this role grants at least what `other` does.
+    pub fn covers(self, other: Role) -> bool {
+        let rank = |r: Role| match r {
+            Role::Viewer => 0,
+            Role::User => 1,
+            Role::Admin => 2,
+        };
+        rank(self) >= rank(other)
+    }
+}
+
 impl TaskAction {
     fn as_str(self) -> &'static str {
         match self {
@@ -42,6 +63,8 @@ pub struct Principal {
     pub role: Role,
     /// Explicit permissions, on top of (or, for API keys, instead of) the role's.
     pub permissions: Vec<String>,
+    /// Only `permissions` count, not the role's defaults (API keys made with permissions).
+    pub restricted: bool,
 }
 
 impl Principal {
@@ -51,11 +74,22 @@ impl Principal {
             name: "admin".into(),
             role: Role::Admin,
             permissions: Vec::new(),
+            restricted: false,
+        }
+    }
+
+    /// A principal with a role's defaults.
+    pub fn with_role(name: &str, role: Role) -> Self {
+        Self {
+            name: name.to_owned(),
+            role,
+            permissions: Vec::new(),
+            restricted: false,
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
+        self.role == Role::Admin && !self.restricted
     }
 
     fn has(&self, permission: &str) -> bool {
@@ -64,11 +98,11 @@ impl Principal {
 
     /// Whether the role or an explicit permission allows `action` on `plugin`'s tasks.
     pub fn may(&self, plugin: &str, action: TaskAction) -> bool {
-        let by_role = match self.role {
-            Role::Admin => true,
-            Role::User => true,
-            Role::Viewer => action == TaskAction::Read,
-        };
+        let by_role = !self.restricted
+            && match self.role {
+                Role::Admin | Role::User => true,
+                Role::Viewer => action == TaskAction::Read,
+            };
         by_role
             || self.has(&format!("{plugin}:{}", action.as_str()))
             || self.has(&format!("*:{}", action.as_str()))
@@ -91,5 +125,14 @@ impl Principal {
 
     pub fn may_manage_plugins(&self) -> bool {
         self.is_admin() || self.has("plugins:manage")
+    }
+
+    pub fn may_manage_users(&self) -> bool {
+        self.is_admin() || self.has("users:manage")
+    }
+
+    /// Whether the caller can do more than read.
+    pub fn is_viewer(&self) -> bool {
+        self.role == Role::Viewer && !self.restricted
     }
 }

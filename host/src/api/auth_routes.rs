@@ -1,0 +1,131 @@
+//! Authentication routes: login, API keys and users.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::ratelimit::Class;
+use super::{
+    ApiError, AppState, authenticated, body, check_rate, json_reply, parse_json, request, respond,
+};
+use crate::auth::{ApiKeyRequest, Principal, Role, api_key_json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    username: String,
+    password: String,
+    #[serde(default = "default_role")]
+    role: Role,
+}
+
+fn default_role() -> Role {
+    Role::User
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let auth = authenticated(state.clone());
+    let limit = state.config.max_body_bytes;
+    let with_state = warp::any().map(move || state.clone());
+
+    // The one /api/v1 route without credentials; limited per IP against password guessing.
+    let login = warp::path!("auth" / "login")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(|s: AppState, b: Bytes| async move {
+            respond(
+                async {
+                    let peer = request::peer().map(|ip| ip.to_string()).unwrap_or_default();
+                    check_rate(&s.limits, Class::Login, &peer)?;
+                    let login: LoginBody = parse_json(&b)?;
+                    let result = s.auth.login(&login.username, &login.password).await?;
+                    Ok(json_reply(StatusCode::OK, &json!(result)))
+                }
+                .await,
+            )
+        });
+    let create_key = warp::path!("auth" / "api-keys")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(|p: Principal, s: AppState, b: Bytes| async move {
+            respond(
+                async {
+                    let request: ApiKeyRequest = parse_json(&b)?;
+                    let (record, key) = s.auth.create_api_key(&p, request)?;
+                    let mut view = api_key_json(&record);
+                    // The only time the key is shown.
+                    view["key"] = json!(key);
+                    Ok(json_reply(StatusCode::CREATED, &view))
+                }
+                .await,
+            )
+        });
+    let list_keys = warp::path!("auth" / "api-keys")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .then(|p: Principal, s: AppState| async move {
+            respond(
+                s.auth
+                    .list_api_keys(&p)
+                    .map(|keys| {
+                        json_reply(
+                            StatusCode::OK,
+                            &json!({"data": keys.iter().map(api_key_json).collect::<Vec<_>>()}),
+                        )
+                    })
+                    .map_err(ApiError::from),
+            )
+        });
+    let revoke_key = warp::path!("auth" / "api-keys" / String)
+        .and(warp::delete())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond(
+                s.auth
+                    .revoke_api_key(&p, &id)
+                    .map(|r| json_reply(StatusCode::OK, &api_key_json(&r)))
+                    .map_err(ApiError::from),
+            )
+        });
+    let create_user = warp::path!("users")
+        .and(warp::post())
+        .and(auth)
+        .and(with_state)
+        .and(body(limit))
+        .then(|p: Principal, s: AppState, b: Bytes| async move {
+            respond(async {
+                let new: NewUserBody = parse_json(&b)?;
+                let user = s.auth.create_user(&p, &new.username, &new.password, new.role).await?;
+                Ok(json_reply(
+                    StatusCode::CREATED,
+                    &json!({"username": user.username, "role": user.role, "created_at": crate::model::timestamp::format(&user.created_at)}),
+                ))
+            }.await)
+        });
+    login
+        .or(create_key)
+        .unify()
+        .or(list_keys)
+        .unify()
+        .or(revoke_key)
+        .unify()
+        .or(create_user)
+        .unify()
+        .boxed()
+}
