@@ -566,3 +566,64 @@ async fn a_secret_input_never_appears_in_responses_events_logs_records_or_files(
         "the token is stored in clear in {leaked:?}"
     );
 }
+
+#[tokio::test]
+async fn cors_is_closed_by_default_and_open_to_configured_origins_only() {
+    let closed = TestServer::start().await;
+    let response = closed
+        .client
+        .get(closed.url("/api/v1/tasks"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .expect("sent");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let open = TestServer::builder()
+        .config(|c| c.cors.allowed_origins = vec!["https://app.example.com".into()])
+        .start()
+        .await;
+    let preflight = open
+        .client_without_auth()
+        .request(Method::OPTIONS, open.url("/api/v1/tasks"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        preflight.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap_or("")
+            .contains("authorization")
+    );
+    let allowed = open
+        .client
+        .get(open.url("/api/v1/tasks"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = open
+        .client
+        .get(open.url("/api/v1/tasks"))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await
+        .expect("sent");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
