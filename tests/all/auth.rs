@@ -627,3 +627,57 @@ async fn cors_is_closed_by_default_and_open_to_configured_origins_only() {
         .expect("sent");
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn users_manage_does_not_let_a_non_admin_create_admins() {
+    let server = TestServer::start().await;
+    server.user("ursula", "user").await;
+    let (_, key) = server
+        .api()
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "hr", "permissions": ["users:manage"]}),
+        )
+        .await;
+    // The admin made the key, so it acts as admin; a user's key with users:manage must not.
+    let user_client = {
+        let token = crate::harness::login(
+            &format!("http://{}", server.addr),
+            "ursula",
+            "ursula-password",
+        )
+        .await;
+        client_with_token(&token)
+    };
+    let ursula = Api {
+        client: &user_client,
+        base: format!("http://{}", server.addr),
+    };
+    let (s, b) = ursula
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "hr", "permissions": ["users:manage"]}),
+        )
+        .await;
+    assert_error(s, &b, 403, "FORBIDDEN");
+    assert!(key["key"].is_string());
+    let admin_key = client_with_token(key["key"].as_str().expect("key"));
+    let hr = Api {
+        client: &admin_key,
+        base: format!("http://{}", server.addr),
+    };
+    let (status, _) = hr
+        .post(
+            "/api/v1/users",
+            json!({"username": "newbie", "password": "newbie-password", "role": "user"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "users:manage creates users");
+    let (s, b) = hr
+        .post(
+            "/api/v1/users",
+            json!({"username": "boss", "password": "boss-password", "role": "admin"}),
+        )
+        .await;
+    assert_error(s, &b, 403, "FORBIDDEN");
+}

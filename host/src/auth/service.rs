@@ -366,6 +366,12 @@ impl Auth {
                 "creating users needs users:manage".into(),
             ));
         }
+        // users:manage alone must not be a way to become admin.
+        if !by.is_admin() && (role == Role::Admin || !by.role.covers(role)) {
+            return Err(AuthError::Forbidden(
+                "only an admin can create a user with more rights than its own".into(),
+            ));
+        }
         if !valid_username(username) {
             return Err(AuthError::Invalid(
                 "username must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'".into(),
