@@ -258,6 +258,41 @@ impl Engine {
         Ok(task)
     }
 
+    /// Loads a task the principal may cancel, pause, resume or retry.
+    fn load_for_control(
+        &self,
+        principal: &Principal,
+        id: &str,
+        verb: &str,
+    ) -> Result<Task, EngineError> {
+        let task = self.load(principal, id)?;
+        if !principal.may_control(&task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not {verb} task {id}",
+                principal.name
+            )));
+        }
+        Ok(task)
+    }
+
+    /// Gives a cooperative plugin up to a second to reach its checkpoint and leave `from`, so
+    /// that the answer to a pause or resume shows the new status.
+    async fn await_status_change(
+        &self,
+        principal: &Principal,
+        id: &str,
+        from: TaskStatus,
+    ) -> Result<Task, EngineError> {
+        for _ in 0..50 {
+            let current = self.load(principal, id)?;
+            if current.status != from {
+                return Ok(current);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.load(principal, id)
+    }
+
     /// Validates and stores a new task, then schedules it. Returns once the task is durable.
     pub async fn create(&self, principal: &Principal, new: NewTask) -> Result<Task, EngineError> {
         self.create_task(principal, new, None).await
@@ -533,13 +568,7 @@ impl Engine {
     /// Cancels a task. A running plugin is asked to stop, then killed after the grace period;
     /// this returns once the task is cancelled (or has ended otherwise).
     pub async fn cancel(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load(principal, id)?;
-        if !principal.may_control(&task) {
-            return Err(EngineError::Forbidden(format!(
-                "{} may not cancel task {id}",
-                principal.name
-            )));
-        }
+        let task = self.load_for_control(principal, id, "cancel")?;
         if task.status.is_terminal() {
             return Err(EngineError::Conflict(format!(
                 "task {id} is already {}",
@@ -599,27 +628,16 @@ impl Engine {
 
     /// Pauses a task: a running plugin at its next checkpoint, a waiting task at once.
     pub async fn pause(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load(principal, id)?;
-        if !principal.may_control(&task) {
-            return Err(EngineError::Forbidden(format!(
-                "{} may not pause task {id}",
-                principal.name
-            )));
-        }
+        self.load_for_control(principal, id, "pause")?;
         let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
         if let Some(control) = control {
             if !control.pause() {
                 return Err(EngineError::Conflict(format!("task {id} is stopping")));
             }
             // Give a cooperative plugin a moment to reach its checkpoint, so the answer shows it.
-            for _ in 0..50 {
-                let current = self.load(principal, id)?;
-                if current.status != TaskStatus::Running {
-                    return Ok(current);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            return self.load(principal, id);
+            return self
+                .await_status_change(principal, id, TaskStatus::Running)
+                .await;
         }
         let (task, _) = self.inner.modify(id, |task| {
             transition(task, TaskStatus::Paused)?;
@@ -631,13 +649,7 @@ impl Engine {
     }
 
     pub async fn resume(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load(principal, id)?;
-        if !principal.may_control(&task) {
-            return Err(EngineError::Forbidden(format!(
-                "{} may not resume task {id}",
-                principal.name
-            )));
-        }
+        let task = self.load_for_control(principal, id, "resume")?;
         if task.status != TaskStatus::Paused {
             return Err(EngineError::Conflict(format!(
                 "task {id} is {}, not paused",
@@ -647,14 +659,9 @@ impl Engine {
         let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
         if let Some(control) = control {
             control.resume();
-            for _ in 0..50 {
-                let current = self.load(principal, id)?;
-                if current.status != TaskStatus::Paused {
-                    return Ok(current);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            return self.load(principal, id);
+            return self
+                .await_status_change(principal, id, TaskStatus::Paused)
+                .await;
         }
         let next = if task.executor == Executor::External && task.started_at.is_some() {
             TaskStatus::Running
@@ -674,13 +681,7 @@ impl Engine {
 
     /// Runs a failed or cancelled task again from its first attempt.
     pub async fn retry(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load(principal, id)?;
-        if !principal.may_control(&task) {
-            return Err(EngineError::Forbidden(format!(
-                "{} may not retry task {id}",
-                principal.name
-            )));
-        }
+        let task = self.load_for_control(principal, id, "retry")?;
         if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
             return Err(EngineError::Conflict(format!(
                 "only failed or cancelled tasks can be retried; task {id} is {}",

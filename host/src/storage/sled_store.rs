@@ -151,12 +151,19 @@ impl SledStorage {
         self.commit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn load_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        k: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         self.main
-            .get(task_key(id))
+            .get(k)
             .map_err(backend)?
             .map(|bytes| decode(&bytes))
             .transpose()
+    }
+
+    fn load_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
+        self.get_json(&task_key(id))
     }
 
     /// Adds `events` of `task` to `batch` with the seqs that follow `state`'s; the seqs are
@@ -649,11 +656,7 @@ impl Storage for SledStorage {
     }
 
     fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
-        self.main
-            .get(key(&[b"u", username.as_bytes()]))
-            .map_err(backend)?
-            .map(|v| decode(&v))
-            .transpose()
+        self.get_json(&key(&[b"u", username.as_bytes()]))
     }
 
     fn count_users(&self) -> Result<u64, StorageError> {
@@ -668,11 +671,7 @@ impl Storage for SledStorage {
     }
 
     fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError> {
-        self.main
-            .get(key(&[b"a", id.as_bytes()]))
-            .map_err(backend)?
-            .map(|v| decode(&v))
-            .transpose()
+        self.get_json(&key(&[b"a", id.as_bytes()]))
     }
 
     fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError> {
