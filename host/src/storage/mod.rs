@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Mutex, broadcast};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::{broadcast, watch};
 
 pub use sled_store::SledStorage;
 
@@ -180,38 +182,85 @@ pub trait Storage: Send + Sync + 'static {
 
 /// Group commit: callers that need durability wait for one flush that covers their writes,
 /// so that many concurrent acknowledgements share one fsync.
+///
+/// Every waiter is woken at once when a flush completes (a watch channel, not a lock handed
+/// from waiter to waiter: under load each hand-over waits a scheduling round, and a queue of
+/// 64 waiters turned a 2 ms flush into 30 ms of latency). The flush runs in its own task, so
+/// a caller that goes away (a client hanging up) never strands the others.
 pub struct Durability {
+    shared: Arc<FlushState>,
+}
+
+struct FlushState {
     storage: Arc<dyn Storage>,
-    /// Held while a flush runs; callers queue behind it and then find their writes covered.
-    flushing: Mutex<u64>,
     /// Number of flushes started so far.
-    started: std::sync::atomic::AtomicU64,
+    started: AtomicU64,
+    /// Set while a flush runs.
+    flushing: AtomicBool,
+    /// Generation of the last flush that succeeded; also bumped (unchanged value) when one
+    /// fails, so that waiters retry.
+    completed: watch::Sender<u64>,
 }
 
 impl Durability {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
+        let (completed, _) = watch::channel(0);
         Self {
-            storage,
-            flushing: Mutex::new(0),
-            started: std::sync::atomic::AtomicU64::new(0),
+            shared: Arc::new(FlushState {
+                storage,
+                started: AtomicU64::new(0),
+                flushing: AtomicBool::new(false),
+                completed,
+            }),
         }
     }
 
     /// Returns once everything this caller committed before calling is durable.
     pub async fn sync(&self) -> Result<(), StorageError> {
-        use std::sync::atomic::Ordering;
-        // A flush that starts after this point covers our writes.
-        let needed = self.started.load(Ordering::Acquire) + 1;
-        let mut completed = self.flushing.lock().await;
-        if *completed >= needed {
-            return Ok(());
+        // A flush whose generation is above what we read here started after our writes.
+        let needed = self.shared.started.load(Ordering::SeqCst) + 1;
+        let mut completed = self.shared.completed.subscribe();
+        loop {
+            if *completed.borrow_and_update() >= needed {
+                return Ok(());
+            }
+            if self
+                .shared
+                .flushing
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                let flush = tokio::task::spawn_blocking({
+                    let shared = self.shared.clone();
+                    move || shared.flush()
+                });
+                match flush.await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(StorageError::Backend(format!("flush task failed: {e}")));
+                    }
+                }
+            }
+            if completed.changed().await.is_err() {
+                return Err(StorageError::Backend("storage closed".into()));
+            }
         }
-        let generation = self.started.fetch_add(1, Ordering::AcqRel) + 1;
-        let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || storage.flush())
-            .await
-            .map_err(|e| StorageError::Backend(format!("flush task failed: {e}")))??;
-        *completed = generation;
-        Ok(())
+    }
+}
+
+impl FlushState {
+    /// Runs one flush generation and tells every waiter how it went.
+    fn flush(&self) -> Result<(), StorageError> {
+        let generation = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = self.storage.flush();
+        self.flushing.store(false, Ordering::SeqCst);
+        match &outcome {
+            Ok(()) => self
+                .completed
+                .send_modify(|done| *done = (*done).max(generation)),
+            Err(_) => self.completed.send_modify(|_| {}),
+        }
+        outcome
     }
 }
