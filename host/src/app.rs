@@ -15,6 +15,7 @@ use crate::engine::{Engine, EngineError};
 use crate::registry::{PluginRegistry, RegistryError};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::storage::{SledStorage, Storage, StorageError};
+use crate::streams::Streams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,6 +66,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     let secrets = Arc::new(SecretBox::open(&config.data_dir)?);
     let auth = Auth::open(&config.auth, &config.data_dir, storage.clone()).await?;
     let engine = Engine::start(storage, registry.clone(), secrets, config.engine.clone()).await?;
+    let streams = Streams::start(engine.clone(), config.streams.clone());
     let limits = Arc::new(RateLimits::new(config.rate_limits.clone()));
     {
         let limits = Arc::downgrade(&limits);
@@ -88,6 +90,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         engine,
         auth,
         limits,
+        streams,
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         http_requests: Arc::new(AtomicU64::new(0)),
@@ -103,5 +106,10 @@ pub async fn run(
 ) {
     api::serve(listener, state.clone(), shutdown).await;
     state.ready.store(false, Ordering::Release);
+    // Stream subscribers hear why before their connections close (1001, resume later).
+    state
+        .engine
+        .notify_system("health", serde_json::json!({"status": "draining"}));
+    state.streams.shutdown();
     state.engine.shutdown().await;
 }

@@ -33,6 +33,14 @@
 //! [cors]
 //! allowed_origins = []               # closed by default
 //!
+//! [streams]                          # WebSocket streams; see StreamConfig
+//! heartbeat_interval_ms = 30000      # server pings; a peer silent for 2 intervals is dropped
+//! buffer_frames = 1024               # frames queued per connection before it is closed as slow
+//! max_connections_per_principal = 32
+//! max_connections = 10000
+//! max_topics = 100
+//! max_replay_events = 100000         # events a resume may scan (not for a single task topic)
+//!
 //! [plugins.testkit]                  # grants for a bundled or plugins-dir plugin, as in a .toml
 //! limits = { memory_mb = 64 }
 //! ```
@@ -47,6 +55,7 @@ use crate::api::ratelimit::RateLimitConfig;
 use crate::auth::AuthConfig;
 use crate::engine::EngineConfig;
 use crate::runtime::{Grants, RuntimeConfig};
+use crate::streams::StreamConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,6 +75,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub cors: CorsConfig,
+    pub streams: StreamConfig,
     /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
     /// without a `.toml` of their own.
     pub plugins: BTreeMap<String, Grants>,
@@ -84,6 +94,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             rate_limits: RateLimitConfig::default(),
             cors: CorsConfig::default(),
+            streams: StreamConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -141,6 +152,7 @@ impl Config {
                 .validate()
                 .map_err(|e| ConfigError::Invalid(format!("plugins.{name}: {e}")))?;
         }
+        self.streams.validate().map_err(ConfigError::Invalid)?;
         if self.max_body_bytes < 1024 || self.max_plugin_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "body limits must be at least 1024 bytes".into(),

@@ -6,6 +6,7 @@
 //! - [`bundled`]: the plugins compiled into the host.
 //! - [`model`]: tasks, statuses and their state machine, events.
 //! - [`storage`]: durable state behind a trait (sled embedded).
+//! - [`streams`]: live event delivery to stream subscribers (replay, backpressure).
 //! - [`api`]: the HTTP API; [`app`] puts the host together; [`config`] is its settings.
 //! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
 
@@ -22,3 +23,4 @@ pub mod model;
 pub mod registry;
 pub mod runtime;
 pub mod storage;
+pub mod streams;

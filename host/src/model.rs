@@ -300,6 +300,35 @@ impl Event {
     }
 }
 
+/// A host-wide notice for the `system` stream topic: plugin loads, replacements and unloads,
+/// queue pauses and health changes. Not tied to a task, so not stored and without a `seq`:
+/// a client that reconnects reads the current state from the API instead of replaying these.
+#[derive(Debug, Clone)]
+pub struct SystemNotice {
+    pub event: &'static str,
+    pub data: serde_json::Value,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl SystemNotice {
+    pub fn new(event: &'static str, data: serde_json::Value) -> Self {
+        Self {
+            event,
+            data,
+            timestamp: Utc::now(),
+        }
+    }
+
+    pub fn to_api(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "system",
+            "event": self.event,
+            "data": self.data,
+            "timestamp": timestamp::format(&self.timestamp),
+        })
+    }
+}
+
 /// One line of a task's log; `seq` is the seq of its `log` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {

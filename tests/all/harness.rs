@@ -128,6 +128,11 @@ impl TestServer {
 
     /// Creates a user (as admin) and returns a client logged in as them.
     pub async fn user(&self, username: &str, role: &str) -> reqwest::Client {
+        client_with_token(&self.user_token(username, role).await)
+    }
+
+    /// Creates a user (as admin) and returns their bearer token.
+    pub async fn user_token(&self, username: &str, role: &str) -> String {
         let password = format!("{username}-password");
         let (status, body) = self
             .api()
@@ -137,7 +142,18 @@ impl TestServer {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        client_with_token(&login(&format!("http://{}", self.addr), username, &password).await)
+        login(&format!("http://{}", self.addr), username, &password).await
+    }
+
+    /// `ws://` URL of `path` with `token` in the query, as browsers must pass it.
+    pub fn ws_url(&self, path: &str, token: &str) -> String {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        format!("ws://{}{path}{separator}token={token}", self.addr)
+    }
+
+    /// Opens a WebSocket stream on `path` as admin.
+    pub async fn ws(&self, path: &str) -> WsClient {
+        WsClient::connect(&self.ws_url(path, &self.token)).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -381,4 +397,97 @@ impl Drop for HostProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A WebSocket client (tokio-tungstenite) reading JSON frames with a time limit.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// How long a test waits for one frame before failing.
+pub const FRAME_WAIT: Duration = Duration::from_secs(20);
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (stream, response) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket upgrade of {url} refused: {e}"));
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        Self { stream }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        use futures::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await
+            .expect("frame sent");
+    }
+
+    /// The next message of any kind, `None` when the stream ended.
+    pub async fn next_message(&mut self) -> Option<tokio_tungstenite::tungstenite::Message> {
+        use futures::StreamExt;
+        match tokio::time::timeout(FRAME_WAIT, self.stream.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no frame within {FRAME_WAIT:?}"),
+        }
+    }
+
+    /// The next JSON text frame (pings and pongs skipped); panics if the stream ends first.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_message().await {
+                Some(tokio_tungstenite::tungstenite::Message::Text(text)) => {
+                    return serde_json::from_str(&text).expect("a JSON frame");
+                }
+                Some(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                    panic!("stream closed while a frame was expected: {frame:?}")
+                }
+                Some(_) => {}
+                None => panic!("stream ended while a frame was expected"),
+            }
+        }
+    }
+
+    /// The next frame of `kind`, skipping others.
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next_json().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Subscribes and returns the events replayed before the `subscribed` acknowledgement.
+    pub async fn subscribe(&mut self, topics: &[&str], after_seq: Option<u64>) -> Vec<Value> {
+        let mut frame = json!({"type": "subscribe", "topics": topics});
+        if let Some(after_seq) = after_seq {
+            frame["after_seq"] = json!(after_seq);
+        }
+        self.send(frame).await;
+        let mut replayed = Vec::new();
+        loop {
+            let frame = self.next_json().await;
+            match frame["type"].as_str() {
+                Some("subscribed") => return replayed,
+                Some("error") => panic!("subscribe to {topics:?} refused: {frame}"),
+                _ if frame["seq"].is_u64() => replayed.push(frame),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether an event frame ends its task.
+pub fn is_terminal_event(frame: &Value) -> bool {
+    matches!(
+        frame["type"].as_str(),
+        Some("completed" | "failed" | "cancelled")
+    )
 }

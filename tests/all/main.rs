@@ -6,3 +6,4 @@ mod auth;
 mod crash;
 mod harness;
 mod runtime;
+mod streams;

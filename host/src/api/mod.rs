@@ -10,6 +10,7 @@ mod plugins;
 pub mod ratelimit;
 mod system;
 mod tasks;
+mod ws;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +35,7 @@ pub use error::ApiError;
 use crate::auth::{Auth, AuthError, Principal};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::streams::Streams;
 use ratelimit::{Class, RateLimits};
 
 /// What handlers share.
@@ -43,6 +45,7 @@ pub struct AppState {
     pub auth: Auth,
     pub limits: Arc<RateLimits>,
     pub config: Arc<Config>,
+    pub streams: Streams,
     /// Set once storage is open, plugins are loaded and recovery is done.
     pub ready: Arc<AtomicBool>,
     pub http_requests: Arc<AtomicU64>,
@@ -350,7 +353,9 @@ pub fn page(
 /// Every route of the host.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = warp::path("api").and(warp::path("v1"));
-    let api_routes = tasks::routes(state.clone())
+    let api_routes = ws::routes(state.clone())
+        .or(tasks::routes(state.clone()))
+        .unify()
         .or(plugins::routes(state.clone()))
         .unify()
         .or(auth_routes::routes(state.clone()))

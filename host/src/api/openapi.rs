@@ -179,6 +179,22 @@ pub const ROUTES: &[Route] = &[
     ),
     route(
         "get",
+        "/api/v1/tasks/{id}/ws",
+        "WebSocket stream of one task (upgrade; ?after_seq= resumes; ?token= or ?api_key= may carry the credential); opens with a connected frame holding the task",
+        101,
+        None,
+        "StreamFrame",
+    ),
+    route(
+        "get",
+        "/api/v1/ws",
+        "WebSocket stream (upgrade; ?token= or ?api_key= may carry the credential): subscribe to task:<id>, plugin:<name>, label:<key>=<value>, tasks, system; after_seq resumes",
+        101,
+        None,
+        "StreamFrame",
+    ),
+    route(
+        "get",
         "/api/v1/plugins",
         "List plugins",
         200,
@@ -402,6 +418,7 @@ pub fn document() -> Value {
                 "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object,
                 "Component": {"type": "string", "format": "binary"},
                 "Text": {"type": "string"},
+                "StreamFrame": {"type": "object", "description": "Server frames: connected, task events (seq, task_id, type, data, timestamp), system, subscribed, unsubscribed, pong, error. Client frames: subscribe {topics, after_seq?}, unsubscribe {topics}, ping.", "properties": {"type": {"type": "string"}}},
                 "Error": {"type": "object", "properties": {
                     "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": object}},
                     "status": {"type": "integer"}, "request_id": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -178,7 +179,8 @@ fn detailed_health(state: &AppState, raw: &str) -> Result<Response, ApiError> {
             "max_instances": runtime.config().max_instances,
         });
         body["queues"] = json!(state.engine.queues()?);
-        body["websocket_connections"] = json!(0);
+        body["websocket_connections"] = json!(state.streams.connection_count());
+        body["websocket_slow_consumers_dropped"] = json!(state.streams.slow_consumers_dropped());
         body["http_requests_total"] = json!(state.http_requests.load(Ordering::Relaxed));
     }
     Ok(json_reply(StatusCode::OK, &body))
@@ -205,6 +207,8 @@ fn metrics(state: &AppState) -> Response {
     let plugins = Gauge::<i64>::default();
     let requests = Gauge::<i64>::default();
     let last_seq = Gauge::<i64>::default();
+    let ws_connections = Gauge::<i64>::default();
+    let ws_slow_dropped = Counter::<u64>::default();
     registry.register("tasks", "Tasks by plugin and status", tasks.clone());
     registry.register(
         "queue_paused",
@@ -231,6 +235,17 @@ fn metrics(state: &AppState) -> Response {
         "events_last_seq",
         "The highest event seq stored",
         last_seq.clone(),
+    );
+
+    registry.register(
+        "websocket_connections",
+        "Open WebSocket stream connections",
+        ws_connections.clone(),
+    );
+    registry.register(
+        "websocket_slow_consumers_dropped",
+        "Stream connections closed because they read too slowly",
+        ws_slow_dropped.clone(),
     );
 
     let queues = match state.engine.queues() {
@@ -270,6 +285,8 @@ fn metrics(state: &AppState) -> Response {
     plugins.set(state.engine.registry().list().len() as i64);
     requests.set(state.http_requests.load(Ordering::Relaxed) as i64);
     last_seq.set(state.engine.storage().last_seq() as i64);
+    ws_connections.set(state.streams.connection_count() as i64);
+    ws_slow_dropped.inc_by(state.streams.slow_consumers_dropped());
 
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {

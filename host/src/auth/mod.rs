@@ -16,7 +16,7 @@ pub use secrets::{
 };
 pub use service::{ApiKeyRequest, Auth, AuthConfig, AuthError, LoginResult, api_key_json};
 
-use crate::model::Task;
+use crate::model::{Event, Task};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,7 +110,17 @@ impl Principal {
 
     /// Whether this principal may see `task` (ownership; admins see all).
     pub fn may_read(&self, task: &Task) -> bool {
-        (self.is_admin() || task.owner == self.name) && self.may(&task.plugin, TaskAction::Read)
+        self.may_read_of(&task.owner, &task.plugin)
+    }
+
+    /// Whether this principal may see an event (it carries its task's owner and plugin, so
+    /// streams decide without loading the task).
+    pub fn may_read_event(&self, event: &Event) -> bool {
+        self.may_read_of(&event.owner, &event.plugin)
+    }
+
+    fn may_read_of(&self, owner: &str, plugin: &str) -> bool {
+        (self.is_admin() || owner == self.name) && self.may(plugin, TaskAction::Read)
     }
 
     /// Whether this principal may cancel, pause, resume or retry `task`.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tracing::warn;
 
 pub use error::EngineError;
@@ -31,7 +31,8 @@ use crate::auth::{
     secret_strings,
 };
 use crate::model::{
-    Event, EventKind, Executor, LogEntry, NewEvent, Record, Task, TaskProgress, TaskStatus,
+    Event, EventKind, Executor, LogEntry, NewEvent, Record, SystemNotice, Task, TaskProgress,
+    TaskStatus,
 };
 use crate::registry::{LoadedPlugin, PluginRegistry};
 use crate::runtime::{Grants, TaskControl, TaskFailure};
@@ -152,7 +153,12 @@ pub(crate) struct Inner {
     /// Compiled input schemas by (plugin digest, task type).
     validators: Mutex<HashMap<(String, String), Arc<jsonschema::Validator>>>,
     started_at: Instant,
+    /// Plugin, queue and health notices for the `system` stream topic.
+    system: broadcast::Sender<SystemNotice>,
 }
+
+/// System notices buffered for a stream hub that falls behind (they are rare).
+const SYSTEM_NOTICE_CAPACITY: usize = 256;
 
 const MAX_LABELS: usize = 32;
 const MAX_DEPENDENCIES: usize = 100;
@@ -221,6 +227,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             validators: Mutex::new(HashMap::new()),
             started_at: Instant::now(),
+            system: broadcast::channel(SYSTEM_NOTICE_CAPACITY).0,
         });
         inner.recover().await?;
         tokio::spawn(inner.clone().dispatch_loop());
@@ -243,6 +250,21 @@ impl Engine {
     /// grace period, then kills what is left; every stopped run goes back to the queue.
     pub async fn shutdown(&self) {
         self.inner.shutdown().await;
+    }
+
+    /// Plugin, queue and health notices from now on (the `system` stream topic).
+    pub fn system_notices(&self) -> broadcast::Receiver<SystemNotice> {
+        self.inner.system.subscribe()
+    }
+
+    /// Tells `system` subscribers about a change of the host; nobody listening is fine.
+    pub fn notify_system(&self, event: &'static str, data: Value) {
+        let _ = self.inner.system.send(SystemNotice::new(event, data));
+    }
+
+    fn notify_plugin(&self, event: &'static str, loaded: &LoadedPlugin) {
+        let info = loaded.plugin.info();
+        self.notify_system(event, json!({"name": info.name, "version": info.version}));
     }
 
     fn load(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
@@ -966,6 +988,14 @@ impl Engine {
         self.inner.durability.sync().await?;
         lock(&self.inner.sched).set_queue_paused(plugin, paused);
         self.inner.wake.notify_one();
+        self.notify_system(
+            if paused {
+                "queue_paused"
+            } else {
+                "queue_resumed"
+            },
+            json!({"plugin": plugin}),
+        );
         self.queues()?
             .into_iter()
             .find(|q| q.plugin == plugin)
@@ -1025,6 +1055,7 @@ impl Engine {
         require_manage(principal)?;
         let loaded = self.inner.registry.install(bytes, grants).await?;
         self.inner.wake.notify_one();
+        self.notify_plugin("plugin_loaded", &loaded);
         Ok(loaded)
     }
 
@@ -1039,6 +1070,7 @@ impl Engine {
         require_manage(principal)?;
         let loaded = self.inner.registry.replace(name, bytes, grants).await?;
         self.inner.wake.notify_one();
+        self.notify_plugin("plugin_replaced", &loaded);
         Ok(loaded)
     }
 
@@ -1088,6 +1120,7 @@ impl Engine {
             .unload(name)
             .await
             .map_err(|_| EngineError::PluginNotFound(name.to_owned()))?;
+        self.notify_system("plugin_unloaded", json!({"name": name}));
         Ok(())
     }
 }

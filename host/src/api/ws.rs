@@ -1,0 +1,488 @@
+//! WebSocket streams: `GET /api/v1/ws` (subscribe to topics) and `GET /api/v1/tasks/{id}/ws`
+//! (one task, opened with its current state). This file is the wire protocol only — client
+//! frames in; event, control and close frames out; heartbeats — over a
+//! [`StreamConnection`], which owns subscriptions, replay and backpressure.
+//!
+//! Close codes: 1000 normal; 1001 the host is shutting down; 4001 the credentials expired or
+//! were revoked; 4008 the client read too slowly and its buffer filled. The close reason of
+//! 1001 and 4008 names the `after_seq` to resume from.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::debug;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::ws::{Message, WebSocket, Ws};
+
+use super::ratelimit::Class;
+use super::{ApiError, AppState, Query, authenticate, check_rate, raw_query, respond};
+use crate::auth::Principal;
+use crate::streams::{CloseReason, Next, Replay, StreamConnection, StreamError};
+
+/// Largest client frame; clients only send small control frames.
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+/// What a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientFrame {
+    Subscribe {
+        topics: Vec<String>,
+        after_seq: Option<u64>,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+    Ping,
+}
+
+/// The credentials a stream was opened with, checked again at every heartbeat so that a
+/// revoked key or an expired token ends the stream too.
+#[derive(Clone)]
+struct Credentials {
+    authorization: Option<String>,
+    api_key: Option<String>,
+}
+
+impl Credentials {
+    /// From the headers, or else (upgrades only) from `?token=` or `?api_key=`.
+    fn from_request(authorization: Option<String>, api_key: Option<String>, raw: &str) -> Self {
+        if authorization.is_some() || api_key.is_some() {
+            return Self {
+                authorization,
+                api_key,
+            };
+        }
+        let mut found = Self {
+            authorization: None,
+            api_key: None,
+        };
+        for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            match name.as_ref() {
+                "token" => found.authorization = Some(format!("Bearer {value}")),
+                "api_key" => found.api_key = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        found
+    }
+
+    fn authenticate(&self, state: &AppState) -> Result<Principal, ApiError> {
+        authenticate(
+            state,
+            self.authorization.as_deref(),
+            self.api_key.as_deref(),
+        )
+    }
+}
+
+impl From<StreamError> for ApiError {
+    fn from(error: StreamError) -> Self {
+        match error {
+            StreamError::InvalidTopic(_)
+            | StreamError::TooManyTopics(_)
+            | StreamError::ReplayTooLong { .. } => ApiError::validation(error.to_string()),
+            StreamError::TooManyConnections { .. } | StreamError::HostFull(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMIT_EXCEEDED",
+                error.to_string(),
+            )
+            .with_details(json!({"limit": "stream_connections"}))
+            .retry_after(5),
+            StreamError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                error.to_string(),
+            ),
+            StreamError::Engine(e) => e.into(),
+            StreamError::Storage(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// The upgrade, when the request asks for one.
+fn upgrade() -> impl Filter<Extract = (Option<Ws>,), Error = std::convert::Infallible> + Clone {
+    warp::ws().map(Some).or(warp::any().map(|| None)).unify()
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let with_state = warp::any().map(move || state.clone());
+    let credentials = warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("x-api-key"))
+        .and(raw_query());
+    let hub = warp::path!("ws")
+        .and(warp::get())
+        .and(credentials.clone())
+        .and(upgrade())
+        .and(with_state.clone())
+        .then(
+            |authorization, api_key, raw: String, ws: Option<Ws>, state: AppState| async move {
+                let credentials = Credentials::from_request(authorization, api_key, &raw);
+                respond(open_hub(state, credentials, &raw, ws))
+            },
+        );
+    let task =
+        warp::path!("tasks" / String / "ws")
+            .and(warp::get())
+            .and(credentials)
+            .and(upgrade())
+            .and(with_state)
+            .then(
+                |id: String,
+                 authorization,
+                 api_key,
+                 raw: String,
+                 ws: Option<Ws>,
+                 state: AppState| async move {
+                    let credentials = Credentials::from_request(authorization, api_key, &raw);
+                    respond(open_task(state, credentials, &id, &raw, ws))
+                },
+            );
+    hub.or(task).unify().boxed()
+}
+
+/// Authenticates, checks the query and the upgrade, and takes a connection slot.
+fn admit(
+    state: &AppState,
+    credentials: &Credentials,
+    raw: &str,
+    known: &[&str],
+    ws: Option<Ws>,
+) -> Result<(Query, Ws, StreamConnection), ApiError> {
+    let principal = credentials.authenticate(state)?;
+    check_rate(&state.limits, Class::Principal, &principal.name)?;
+    let query = Query::parse(raw, known, false)?;
+    let ws = ws.ok_or_else(|| {
+        ApiError::validation(
+            "this route is a WebSocket stream: send GET with `Connection: Upgrade` and \
+             `Upgrade: websocket`",
+        )
+    })?;
+    let connection = state.streams.connect(principal)?;
+    Ok((query, ws, connection))
+}
+
+fn open_hub(
+    state: AppState,
+    credentials: Credentials,
+    raw: &str,
+    ws: Option<Ws>,
+) -> Result<Response, ApiError> {
+    use warp::Reply;
+    let (_, ws, connection) = admit(&state, &credentials, raw, &["token", "api_key"], ws)?;
+    let hello = json!({
+        "type": "connected",
+        "connection_id": connection.connection_id(),
+        "heartbeat_interval_ms": state.streams.config().heartbeat_interval_ms,
+        "server_time": crate::model::timestamp::format(&chrono::Utc::now()),
+    });
+    Ok(ws
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| session(socket, connection, hello, None, state, credentials))
+        .into_response())
+}
+
+/// A stream of one task: subscribed before the task is read, so the state in the `connected`
+/// frame reflects every event through its `seq` and the frames that follow come after it.
+fn open_task(
+    state: AppState,
+    credentials: Credentials,
+    id: &str,
+    raw: &str,
+    ws: Option<Ws>,
+) -> Result<Response, ApiError> {
+    use warp::Reply;
+    let (query, ws, mut connection) = admit(
+        &state,
+        &credentials,
+        raw,
+        &["token", "api_key", "after_seq"],
+        ws,
+    )?;
+    let after_seq = query
+        .get("after_seq")
+        .map(|_| query.u64_in("after_seq", 0, u64::MAX, 0))
+        .transpose()?;
+    let replay = connection.subscribe(&[format!("task:{id}")], after_seq)?;
+    let task = connection.task(id)?;
+    let hello = json!({
+        "type": "connected",
+        "connection_id": connection.connection_id(),
+        "heartbeat_interval_ms": state.streams.config().heartbeat_interval_ms,
+        "server_time": crate::model::timestamp::format(&chrono::Utc::now()),
+        "topics": connection.topics(),
+        "seq": replay.until(),
+        "task": task.to_api(),
+    });
+    Ok(ws
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| {
+            session(socket, connection, hello, Some(replay), state, credentials)
+        })
+        .into_response())
+}
+
+/// Why a session ends.
+enum Stop {
+    /// The peer closed, vanished or stopped answering pings: nothing more can be sent.
+    PeerGone,
+    /// A close frame goes out with this code and reason.
+    Close(u16, String),
+}
+
+struct Session {
+    sink: SplitSink<WebSocket, Message>,
+    connection: StreamConnection,
+    /// The highest task-event seq sent, for the resume hint in close reasons.
+    last_seq: u64,
+    /// How long one write may wait on a peer that does not read.
+    write_timeout: Duration,
+    buffer_frames: usize,
+}
+
+impl Session {
+    async fn write(&mut self, message: Message) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            reason = self.connection.closed_by_hub() => Err(self.close_for(reason)),
+            sent = tokio::time::timeout(self.write_timeout, self.sink.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stop::PeerGone),
+                // Not read for this long: treat as gone rather than hold a slot forever.
+                Err(_) => Err(Stop::PeerGone),
+            },
+        }
+    }
+
+    async fn send_json(&mut self, value: &Value) -> Result<(), Stop> {
+        self.write(Message::text(value.to_string())).await
+    }
+
+    async fn send_frame(&mut self, text: &str, seq: Option<u64>) -> Result<(), Stop> {
+        self.write(Message::text(text)).await?;
+        if let Some(seq) = seq {
+            self.last_seq = self.last_seq.max(seq);
+        }
+        Ok(())
+    }
+
+    async fn send_error(&mut self, error: ApiError) -> Result<(), Stop> {
+        self.send_json(&json!({
+            "type": "error",
+            "error": {"code": error.code, "message": error.message, "details": error.details},
+        }))
+        .await
+    }
+
+    /// Sends the stored events of a replay; returns how many.
+    async fn send_replay(&mut self, replay: &mut Replay) -> Result<usize, Stop> {
+        let mut sent = 0;
+        loop {
+            match replay.next_page() {
+                Ok(Some(frames)) => {
+                    for frame in frames {
+                        self.send_frame(&frame.text, Some(frame.seq)).await?;
+                        sent += 1;
+                    }
+                }
+                Ok(None) => return Ok(sent),
+                Err(e) => {
+                    self.send_error(e.into()).await?;
+                    return Ok(sent);
+                }
+            }
+        }
+    }
+
+    fn close_for(&self, reason: CloseReason) -> Stop {
+        match reason {
+            CloseReason::SlowConsumer => Stop::Close(
+                4008,
+                format!(
+                    "too slow: over {} frames waiting; resume with after_seq={}",
+                    self.buffer_frames, self.last_seq
+                ),
+            ),
+            CloseReason::Shutdown => Stop::Close(
+                1001,
+                format!(
+                    "server shutting down; resume with after_seq={}",
+                    self.last_seq
+                ),
+            ),
+        }
+    }
+
+    async fn handle_client_frame(&mut self, text: &str) -> Result<(), Stop> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self
+                    .send_error(ApiError::validation(format!(
+                        "invalid frame: {e}; expected {{\"type\": \"subscribe\", \"topics\": [...], \
+                         \"after_seq\"?}}, {{\"type\": \"unsubscribe\", \"topics\": [...]}} or \
+                         {{\"type\": \"ping\"}}"
+                    )))
+                    .await;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.send_json(&json!({"type": "pong"})).await,
+            ClientFrame::Subscribe { topics, after_seq } => {
+                match self.connection.subscribe(&topics, after_seq) {
+                    Ok(mut replay) => {
+                        let replayed = self.send_replay(&mut replay).await?;
+                        self.send_json(&json!({
+                            "type": "subscribed",
+                            "topics": topics,
+                            "replayed": replayed,
+                            "seq": replay.until(),
+                        }))
+                        .await
+                    }
+                    Err(e) => self.send_error(e.into()).await,
+                }
+            }
+            ClientFrame::Unsubscribe { topics } => match self.connection.unsubscribe(&topics) {
+                Ok(removed) => {
+                    self.send_json(&json!({"type": "unsubscribed", "topics": removed}))
+                        .await
+                }
+                Err(e) => self.send_error(e.into()).await,
+            },
+        }
+    }
+}
+
+async fn session(
+    socket: WebSocket,
+    connection: StreamConnection,
+    hello: Value,
+    replay: Option<Replay>,
+    state: AppState,
+    credentials: Credentials,
+) {
+    let heartbeat = state.streams.config().heartbeat_interval();
+    let (sink, mut incoming) = socket.split();
+    let mut session = Session {
+        sink,
+        connection,
+        last_seq: hello["seq"].as_u64().unwrap_or(0),
+        write_timeout: (heartbeat * 2).max(Duration::from_secs(10)),
+        buffer_frames: state.streams.config().buffer_frames,
+    };
+    let stop = run(
+        &mut session,
+        &mut incoming,
+        hello,
+        replay,
+        &state,
+        &credentials,
+    )
+    .await;
+    if let Stop::Close(code, reason) = stop {
+        debug!(connection = session.connection.connection_id(), code, %reason, "closing stream");
+        // A peer that stopped reading cannot take a close frame either; do not wait on it.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            session.sink.send(Message::close_with(code, reason)),
+        )
+        .await;
+    }
+}
+
+async fn run(
+    session: &mut Session,
+    incoming: &mut futures::stream::SplitStream<WebSocket>,
+    hello: Value,
+    replay: Option<Replay>,
+    state: &AppState,
+    credentials: &Credentials,
+) -> Stop {
+    let heartbeat = state.streams.config().heartbeat_interval();
+    if let Err(stop) = session.send_json(&hello).await {
+        return stop;
+    }
+    if let Some(mut replay) = replay
+        && let Err(stop) = session.send_replay(&mut replay).await
+    {
+        return stop;
+    }
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        let step = tokio::select! {
+            next = session.connection.next() => match next {
+                Next::Frame { text, seq } => session.send_frame(&text, seq).await,
+                Next::Closed(reason) => Err(session.close_for(reason)),
+            },
+            message = incoming.next() => {
+                last_heard = Instant::now();
+                match message {
+                    None | Some(Err(_)) => Err(Stop::PeerGone),
+                    Some(Ok(message)) if message.is_close() => {
+                        Err(Stop::Close(1000, String::new()))
+                    }
+                    Some(Ok(message)) if message.is_text() => match message.to_str() {
+                        Ok(text) => session.handle_client_frame(text).await,
+                        Err(()) => Ok(()),
+                    },
+                    Some(Ok(message)) if message.is_binary() => {
+                        session
+                            .send_error(ApiError::validation("frames are JSON text, not binary"))
+                            .await
+                    }
+                    // Pings are answered by the WebSocket layer; pongs only prove liveness.
+                    Some(Ok(_)) => Ok(()),
+                }
+            },
+            _ = ticks.tick() => {
+                if last_heard.elapsed() > heartbeat * 2 {
+                    debug!(connection = session.connection.connection_id(), "peer silent for two heartbeats; dropping");
+                    Err(Stop::PeerGone)
+                } else if credentials.authenticate(state).is_err() {
+                    Err(Stop::Close(4001, "credentials expired or revoked".into()))
+                } else {
+                    session.write(Message::ping(Vec::new())).await
+                }
+            },
+        };
+        if let Err(stop) = step {
+            return stop;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_and_unknown_fields_are_refused() {
+        let frame: ClientFrame =
+            serde_json::from_str(r#"{"type":"subscribe","topics":["tasks"],"after_seq":5}"#)
+                .expect("subscribe");
+        assert!(matches!(
+            frame,
+            ClientFrame::Subscribe { after_seq: Some(5), ref topics } if topics == &["tasks"]
+        ));
+        assert!(matches!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        ));
+        assert!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe","topics":[],"x":1}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout"}"#).is_err());
+    }
+}
