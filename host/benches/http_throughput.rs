@@ -6,23 +6,14 @@
 //! latency p50/p99 from the tasks' own timestamps. `HTTP_BENCH_TASKS` (default 20000) and
 //! `HTTP_BENCH_CLIENTS` (default 64) change the load.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use taskhost::config::Config;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use support::{BenchHost, env_or, full_run, percentile};
 
 async fn completed(client: &reqwest::Client, base: &str) -> u64 {
     let queues: Value = client
@@ -40,7 +31,7 @@ async fn completed(client: &reqwest::Client, base: &str) -> u64 {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = full_run();
     let tasks = if full {
         env_or("HTTP_BENCH_TASKS", 20_000)
     } else {
@@ -52,40 +43,9 @@ fn main() {
         .build()
         .expect("tokio");
     rt.block_on(async move {
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            data_dir: data.path().to_owned(),
-            listen: "127.0.0.1:0".parse().expect("address"),
-            ..Config::default()
-        };
-        // The real authentication path, with limits out of the way of the load.
-        config.auth.admin_password = Some("bench-admin-password".into());
-        config.rate_limits.enabled = false;
-        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let state = taskhost::app::start(config).await.expect("host");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(taskhost::app::run(state, listener, async {
-            let _ = stopped.await;
-        }));
-
-        let login: Value = reqwest::Client::new()
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"username": "admin", "password": "bench-admin-password"}))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        let mut headers = reqwest::header::HeaderMap::new();
-        let bearer = format!("Bearer {}", login["access_token"].as_str().expect("token"));
-        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("header"));
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(clients)
-            .default_headers(headers)
-            .build()
-            .expect("client");
+        let host = BenchHost::start(|_| {}, |_| {}).await;
+        let base = host.base.clone();
+        let client = host.client(clients);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();
         let mut workers = Vec::new();
@@ -146,7 +106,6 @@ fn main() {
             percentile(&end_to_end, 0.5),
             percentile(&end_to_end, 0.99),
         );
-        let _ = stop.send(());
-        let _ = server.await;
+        host.stop().await;
     });
 }

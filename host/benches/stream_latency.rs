@@ -8,29 +8,20 @@
 //! (event, subscriber) pair. `STREAM_BENCH_EVENTS` (default 200) sets how many progress
 //! events the task reports, 10 ms apart.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use taskhost::config::Config;
+use support::{BenchHost, env_or, full_run, percentile};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = full_run();
     let subscribers = env_or("STREAM_BENCH_SUBSCRIBERS", if full { 1000 } else { 20 });
     let events = env_or("STREAM_BENCH_EVENTS", if full { 200 } else { 10 }).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -38,51 +29,26 @@ fn main() {
         .build()
         .expect("tokio");
     rt.block_on(async move {
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            data_dir: data.path().to_owned(),
-            listen: "127.0.0.1:0".parse().expect("address"),
-            ..Config::default()
-        };
-        config.auth.admin_password = Some("bench-admin-password".into());
-        config.rate_limits.enabled = false;
-        config.streams.max_connections_per_principal = subscribers + 10;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let state = taskhost::app::start(config).await.expect("host");
-
         // When each event was published, by seq: the start of every delay measured.
         let published: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let mut feed = state.engine.storage().subscribe();
-        {
-            let published = published.clone();
-            tokio::spawn(async move {
-                while let Ok(event) = feed.recv().await {
-                    published
-                        .lock()
-                        .expect("lock")
-                        .insert(event.seq, Instant::now());
-                }
-            });
-        }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(taskhost::app::run(state, listener, async {
-            let _ = stopped.await;
-        }));
-
+        let host = BenchHost::start(
+            |config| config.streams.max_connections_per_principal = subscribers + 10,
+            |state| {
+                let mut feed = state.engine.storage().subscribe();
+                let published = published.clone();
+                tokio::spawn(async move {
+                    while let Ok(event) = feed.recv().await {
+                        published
+                            .lock()
+                            .expect("lock")
+                            .insert(event.seq, Instant::now());
+                    }
+                });
+            },
+        )
+        .await;
+        let (addr, token) = (host.addr, host.token.clone());
         let http = reqwest::Client::new();
-        let login: Value = http
-            .post(format!("http://{addr}/api/v1/auth/login"))
-            .json(&json!({"username": "admin", "password": "bench-admin-password"}))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        let token = login["access_token"].as_str().expect("token").to_owned();
         let call = |method: reqwest::Method, path: &str| {
             http.request(method, format!("http://{addr}{path}"))
                 .bearer_auth(&token)
@@ -184,7 +150,6 @@ fn main() {
             percentile(&delays_ms, 0.99),
             delays_ms.last().copied().unwrap_or(0.0),
         );
-        let _ = stop.send(());
-        let _ = server.await;
+        host.stop().await;
     });
 }
