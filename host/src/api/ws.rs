@@ -464,10 +464,14 @@ async fn run(
                 if last_heard.elapsed() > heartbeat * 2 {
                     debug!(connection = session.connection.connection_id(), "peer silent for two heartbeats; dropping");
                     Err(Stop::PeerGone)
-                } else if credentials.authenticate(state).is_err() {
-                    Err(Stop::Close(4001, "credentials expired or revoked".into()))
                 } else {
-                    session.write(Message::ping(Vec::new())).await
+                    match credentials.authenticate(state) {
+                        Ok(principal) => {
+                            session.connection.refresh_principal(principal);
+                            session.write(Message::ping(Vec::new())).await
+                        }
+                        Err(_) => Err(Stop::Close(4001, "credentials expired or revoked".into())),
+                    }
                 }
             },
         };

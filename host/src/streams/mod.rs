@@ -608,6 +608,18 @@ impl StreamConnection {
         Ok(removed)
     }
 
+    /// Applies what the credentials grant now (a role changed since the connection opened),
+    /// to every event from here on.
+    pub fn refresh_principal(&mut self, principal: Principal) {
+        if principal == self.principal {
+            return;
+        }
+        if let Some(subscriber) = lock(&self.hub.state).connections.get_mut(&self.id) {
+            subscriber.principal = principal.clone();
+        }
+        self.principal = principal;
+    }
+
     /// The current state of a task this connection may read.
     pub fn task(&self, id: &str) -> Result<Task, StreamError> {
         Ok(self.hub.engine.get(&self.principal, id)?)
