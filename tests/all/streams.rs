@@ -187,7 +187,7 @@ fn count_terminal(frames: &[Value]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_dropped_while_the_others_keep_receiving() {
     let server = TestServer::builder()
-        .config(|c| c.streams.buffer_frames = 64)
+        .config(|c| c.streams.buffer_frames = 128)
         .start()
         .await;
     set_queue_paused(&server, true).await;
@@ -220,7 +220,7 @@ async fn a_subscriber_that_never_reads_is_dropped_while_the_others_keep_receivin
         }
         seen
     });
-    // 600 messages of 32 KiB: far more than the socket buffers and the 64-frame queue hold.
+    // 600 messages of 32 KiB: far more than the socket buffers and the 128-frame queue hold.
     let padding = "x".repeat(32 * 1024);
     for n in 0..MESSAGES {
         let (status, body) = server
@@ -469,13 +469,13 @@ async fn the_system_topic_carries_plugin_loads_and_queue_pauses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_pings_answers_pong_and_drops_a_peer_that_stops_answering() {
     let server = TestServer::builder()
-        .config(|c| c.streams.heartbeat_interval_ms = 100)
+        .config(|c| c.streams.heartbeat_interval_ms = 250)
         .start()
         .await;
     let mut live = server.ws("/api/v1/ws").await;
     let hello = live.next_json().await;
     assert_eq!(hello["type"], "connected");
-    assert_eq!(hello["heartbeat_interval_ms"], 100);
+    assert_eq!(hello["heartbeat_interval_ms"], 250);
     assert!(
         hello["connection_id"]
             .as_str()
@@ -497,8 +497,6 @@ async fn the_server_pings_answers_pong_and_drops_a_peer_that_stops_answering() {
     }
     // A peer that never reads never answers: dropped after two silent heartbeats, while the
     // one that reads stays.
-    let silent = server.ws("/api/v1/ws").await;
-    wait_for_streams(&server, |(open, _)| open == 2).await;
     let reading = tokio::spawn(async move {
         while let Some(message) = live.stream.next().await {
             if message.is_err() {
@@ -506,8 +504,10 @@ async fn the_server_pings_answers_pong_and_drops_a_peer_that_stops_answering() {
             }
         }
     });
+    let silent = server.ws("/api/v1/ws").await;
+    wait_for_streams(&server, |(open, _)| open == 2).await;
     wait_for_streams(&server, |(open, _)| open == 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(stream_health(&server).await.0, 1, "the reading peer stays");
     drop(silent);
     reading.abort();

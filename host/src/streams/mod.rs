@@ -414,13 +414,18 @@ impl Hub {
     }
 
     fn deliver_event(&self, event: Event) {
+        let targets = lock(&self.state).index.subscribers_of(&event);
+        // Most events have no subscriber: do not pay for their frame.
+        if targets.is_empty() {
+            return;
+        }
         let live = Arc::new(LiveEvent {
             frame: event.to_api().to_string().into(),
             event,
         });
         let mut state = lock(&self.state);
         let mut too_slow = Vec::new();
-        for id in state.index.subscribers_of(&live.event) {
+        for id in targets {
             let Some(subscriber) = state.connections.get(&id) else {
                 continue;
             };
