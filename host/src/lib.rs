@@ -24,3 +24,12 @@ pub mod registry;
 pub mod runtime;
 pub mod storage;
 pub mod streams;
+
+/// Locks a mutex even if a previous holder panicked. Every mutex the host locks this way
+/// guards state that each critical section leaves whole (maps, counters, queues), so the
+/// data stay usable and one panicking task does not take the host down with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

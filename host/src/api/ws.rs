@@ -175,19 +175,42 @@ fn open_hub(
     raw: &str,
     ws: Option<Ws>,
 ) -> Result<Response, ApiError> {
-    use warp::Reply;
     let (_, ws, connection) = admit(&state, &credentials, raw, &["token", "api_key"], ws)?;
-    let hello = json!({
+    let hello = connected_frame(&state, &connection);
+    Ok(start_session(
+        ws,
+        connection,
+        hello,
+        None,
+        state,
+        credentials,
+    ))
+}
+
+/// The first frame of every stream.
+fn connected_frame(state: &AppState, connection: &StreamConnection) -> Value {
+    json!({
         "type": "connected",
         "connection_id": connection.connection_id(),
         "heartbeat_interval_ms": state.streams.config().heartbeat_interval_ms,
         "server_time": crate::model::timestamp::format(&chrono::Utc::now()),
-    });
-    Ok(ws
-        .max_message_size(MAX_CLIENT_FRAME)
+    })
+}
+
+/// Finishes the upgrade and runs the session on the upgraded connection.
+fn start_session(
+    ws: Ws,
+    connection: StreamConnection,
+    hello: Value,
+    replay: Option<Replay>,
+    state: AppState,
+    credentials: Credentials,
+) -> Response {
+    use warp::Reply;
+    ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| session(socket, connection, hello, None, state, credentials))
-        .into_response())
+        .on_upgrade(move |socket| session(socket, connection, hello, replay, state, credentials))
+        .into_response()
 }
 
 /// A stream of one task: subscribed before the task is read, so the state in the `connected`
@@ -199,7 +222,6 @@ fn open_task(
     raw: &str,
     ws: Option<Ws>,
 ) -> Result<Response, ApiError> {
-    use warp::Reply;
     let (query, ws, mut connection) = admit(
         &state,
         &credentials,
@@ -213,22 +235,18 @@ fn open_task(
         .transpose()?;
     let replay = connection.subscribe(&[format!("task:{id}")], after_seq)?;
     let task = connection.task(id)?;
-    let hello = json!({
-        "type": "connected",
-        "connection_id": connection.connection_id(),
-        "heartbeat_interval_ms": state.streams.config().heartbeat_interval_ms,
-        "server_time": crate::model::timestamp::format(&chrono::Utc::now()),
-        "topics": connection.topics(),
-        "seq": replay.until(),
-        "task": task.to_api(),
-    });
-    Ok(ws
-        .max_message_size(MAX_CLIENT_FRAME)
-        .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| {
-            session(socket, connection, hello, Some(replay), state, credentials)
-        })
-        .into_response())
+    let mut hello = connected_frame(&state, &connection);
+    hello["topics"] = json!(connection.topics());
+    hello["seq"] = json!(replay.until());
+    hello["task"] = task.to_api();
+    Ok(start_session(
+        ws,
+        connection,
+        hello,
+        Some(replay),
+        state,
+        credentials,
+    ))
 }
 
 /// Why a session ends.

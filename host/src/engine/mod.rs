@@ -30,6 +30,7 @@ use crate::auth::{
     Principal, SecretBox, TaskAction, redact, redact_value, seal_secrets, secret_paths,
     secret_strings,
 };
+use crate::lock;
 use crate::model::{
     Event, EventKind, Executor, LogEntry, NewEvent, Record, SystemNotice, Task, TaskProgress,
     TaskStatus,
@@ -162,10 +163,6 @@ const SYSTEM_NOTICE_CAPACITY: usize = 256;
 
 const MAX_LABELS: usize = 32;
 const MAX_DEPENDENCIES: usize = 100;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Applies `next` to `task` if the state machine allows it, stamping the times it implies.
 pub(crate) fn transition(task: &mut Task, next: TaskStatus) -> Result<(), EngineError> {

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use crate::lock;
+
 use async_trait::async_trait;
 
 use super::{
@@ -91,13 +93,6 @@ pub struct MemoryServices {
     pub logs: Mutex<Vec<(LogLevel, String)>>,
     pub records: Mutex<BTreeMap<(String, String), serde_json::Value>>,
     pub kv: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-/// Locks a mutex even if a previous holder panicked: the data are plain collections.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryServices {

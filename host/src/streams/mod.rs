@@ -30,6 +30,7 @@ pub use topic::Topic;
 
 use crate::auth::Principal;
 use crate::engine::{Engine, EngineError};
+use crate::lock;
 use crate::model::{Event, SystemNotice, Task};
 use crate::storage::{Storage, StorageError};
 
@@ -247,10 +248,6 @@ impl TopicIndex {
         ids.dedup();
         ids
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Streams {
