@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (package, library name) of every plugin bundled into the host.
-const BUNDLED: &[(&str, &str)] = &[("taskhost-plugin-testkit", "testkit")];
+const BUNDLED: &[(&str, &str)] = &[
+    ("taskhost-plugin-testkit", "testkit"),
+    ("taskhost-plugin-cache", "cache"),
+];
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 

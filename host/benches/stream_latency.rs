@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use support::{BenchHost, env_or, full_run, percentile};
+use support::{BenchHost, env_or, full_run, percentile, send_json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -58,15 +58,12 @@ fn main() {
             .send()
             .await
             .expect("pause");
-        let task: Value = call(reqwest::Method::POST, "/api/v1/tasks")
-            .json(&json!({"plugin": "testkit", "type": "sleep",
-                          "input": {"ms": events * 10, "steps": events}}))
-            .send()
-            .await
-            .expect("create")
-            .json()
-            .await
-            .expect("json");
+        let task = send_json(
+            call(reqwest::Method::POST, "/api/v1/tasks")
+                .json(&json!({"plugin": "testkit", "type": "sleep",
+                        "input": {"ms": events * 10, "steps": events}})),
+        )
+        .await;
         let id = task["id"].as_str().expect("id").to_owned();
 
         let connect_started = Instant::now();

@@ -39,6 +39,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Grants for any bundled plugin (fs mounts, config, limits).
+    pub fn plugin_grants(mut self, plugin: &str, grants: Grants) -> Self {
+        self.config.plugins.insert(plugin.into(), grants);
+        self
+    }
+
     pub fn testkit_concurrency(self, n: u32) -> Self {
         let mut grants = Grants::default();
         grants.limits.max_concurrency = n;
@@ -247,6 +253,25 @@ impl Api<'_> {
             )
         })
         .await
+    }
+
+    /// Every record the task emitted in `collection`.
+    pub async fn records(&self, id: &str, collection: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let (status, page) = self
+                .get(&format!(
+                    "/api/v1/tasks/{id}/records?collection={collection}&limit=100&offset={}",
+                    all.len()
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            if data.is_empty() {
+                return all;
+            }
+            all.extend(data);
+        }
     }
 
     pub async fn events(&self, id: &str) -> Vec<Value> {

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod cache;
 mod crash;
 mod harness;
 mod runtime;

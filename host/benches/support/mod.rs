@@ -28,6 +28,17 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Sends `request` and returns its JSON answer.
+pub async fn send_json(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// A host serving in this process.
 pub struct BenchHost {
     pub addr: SocketAddr,

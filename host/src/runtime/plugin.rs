@@ -234,6 +234,15 @@ impl CompiledPlugin {
         self.size_bytes
     }
 
+    /// The operator's `config` map as the WIT passes it.
+    fn config_pairs(&self) -> Vec<(String, String)> {
+        self.grants
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Runs in flight of this version.
     pub fn running(&self) -> usize {
         self.grants.limits.max_concurrency as usize - self.permits.available_permits()
@@ -433,12 +442,13 @@ impl CompiledPlugin {
         };
         let services: Arc<dyn TaskServices> = Arc::new(MemoryServices::default());
         let deadline = Arc::new(Deadline::after(CALL_TIMEOUT));
+        let config = self.config_pairs();
         let (mut store, instance, _) = self
             .instantiate(services, TaskControl::new(), deadline)
             .await?;
         match instance
             .taskhost_plugin_plugin()
-            .call_validate(&mut store, &task_type, &input)
+            .call_validate(&mut store, &task_type, &input, &config)
             .await
         {
             Ok(Ok(())) => Ok(()),
@@ -487,12 +497,7 @@ impl CompiledPlugin {
             task_type: invocation.task_type,
             input: invocation.input,
             attempt: invocation.attempt,
-            config: self
-                .grants
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            config: self.config_pairs(),
             labels: invocation.labels,
         };
         let call = async move {

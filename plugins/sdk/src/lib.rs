@@ -79,8 +79,13 @@ pub trait Plugin {
     /// Name, version, description and task types. Called once when the plugin is loaded.
     fn describe() -> PluginInfo;
 
-    /// Checks an input beyond its JSON Schema; called when a task is created.
-    fn validate(_task_type: &str, _input: &Value) -> Result<(), TaskError> {
+    /// Checks an input beyond its JSON Schema; called when a task is created, with the
+    /// operator's `config` map (the same as [`Context::config`]).
+    fn validate(
+        _task_type: &str,
+        _input: &Value,
+        _config: &BTreeMap<String, String>,
+    ) -> Result<(), TaskError> {
         Ok(())
     }
 
@@ -432,9 +437,14 @@ pub mod __private {
             .map_err(|e| TaskError::invalid_input(format!("input is not valid JSON: {e}")))
     }
 
-    pub fn validate<P: Plugin>(task_type: String, input: String) -> Result<(), exports::TaskError> {
+    pub fn validate<P: Plugin>(
+        task_type: String,
+        input: String,
+        config: Vec<(String, String)>,
+    ) -> Result<(), exports::TaskError> {
         let input = parse_input(&input).map_err(wit_error)?;
-        P::validate(&task_type, &input).map_err(wit_error)
+        let config = config.into_iter().collect();
+        P::validate(&task_type, &input, &config).map_err(wit_error)
     }
 
     pub fn run<P: Plugin>(ctx: exports::TaskContext) -> Result<String, exports::TaskError> {
@@ -468,9 +478,10 @@ macro_rules! export_plugin {
             fn validate(
                 task_type: ::std::string::String,
                 input: ::std::string::String,
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
             ) -> ::std::result::Result<(), $crate::bindings::taskhost::plugin::types::TaskError>
             {
-                $crate::__private::validate::<$plugin>(task_type, input)
+                $crate::__private::validate::<$plugin>(task_type, input, config)
             }
 
             fn run(
@@ -485,4 +496,171 @@ macro_rules! export_plugin {
 
         $crate::bindings::export_raw!(__TaskhostPluginExport);
     };
+}
+
+/// Client-supplied paths under a directory the operator granted.
+///
+/// Plugins that take paths in their input (files to warm, a project to analyse) must never let
+/// one leave the granted root. [`paths::relative`] turns what a client sent — a relative path,
+/// or an absolute one from a Windows, macOS or Linux machine that mounts the same share under
+/// an operator-configured prefix — into a clean relative path, refusing `..` and anything
+/// outside every prefix. The host's preopen is the real fence; this makes the refusal a clear
+/// 400 at task creation instead of a failure mid-run.
+pub mod paths {
+    /// Why a path was refused.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum PathError {
+        Empty,
+        /// A `..` component: refused even when it would stay inside the root.
+        ParentComponent,
+        /// Absolute, and under none of the configured prefixes.
+        OutsideRoot,
+        /// NUL or another control character.
+        InvalidCharacter,
+    }
+
+    impl std::fmt::Display for PathError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                PathError::Empty => "the path is empty",
+                PathError::ParentComponent => "the path contains '..'",
+                PathError::OutsideRoot => {
+                    "the path is absolute and under none of the configured prefixes"
+                }
+                PathError::InvalidCharacter => "the path contains a control character",
+            })
+        }
+    }
+
+    /// Splits an operator's prefix list: entries separated by `;` or new lines, blanks ignored.
+    pub fn parse_prefixes(list: &str) -> Vec<String> {
+        list.split([';', '\n'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The path relative to the granted root, with `/` separators and no `.`, `..` or empty
+    /// components; `""` means the root itself.
+    ///
+    /// Backslashes count as separators (Windows). An absolute path (`/…`, `\\…` or `C:\…`)
+    /// must start with one of `prefixes`, compared component by component and, for Windows
+    /// paths, case-insensitively; the prefix is removed.
+    pub fn relative(path: &str, prefixes: &[String]) -> Result<String, PathError> {
+        if path.trim().is_empty() {
+            return Err(PathError::Empty);
+        }
+        if path.chars().any(char::is_control) {
+            return Err(PathError::InvalidCharacter);
+        }
+        let windows = is_windows_absolute(path);
+        let components = split(path);
+        let rest = if windows || path.starts_with(['/', '\\']) {
+            prefixes
+                .iter()
+                .find_map(|prefix| strip_prefix(&components, prefix, windows))
+                .ok_or(PathError::OutsideRoot)?
+        } else {
+            &components[..]
+        };
+        if rest.contains(&"..") {
+            return Err(PathError::ParentComponent);
+        }
+        Ok(rest.join("/"))
+    }
+
+    fn is_windows_absolute(path: &str) -> bool {
+        let bytes = path.as_bytes();
+        (bytes.len() >= 3
+            && bytes[0].is_ascii_alphabetic()
+            && bytes[1] == b':'
+            && matches!(bytes[2], b'\\' | b'/'))
+            || path.starts_with("\\\\")
+    }
+
+    fn split(path: &str) -> Vec<&str> {
+        path.split(['/', '\\'])
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect()
+    }
+
+    fn strip_prefix<'a>(
+        components: &'a [&'a str],
+        prefix: &str,
+        windows: bool,
+    ) -> Option<&'a [&'a str]> {
+        if windows != is_windows_absolute(prefix) {
+            return None;
+        }
+        let prefix = split(prefix);
+        if prefix.is_empty() || prefix.len() > components.len() {
+            return None;
+        }
+        let same = components.iter().zip(&prefix).all(|(a, b)| {
+            if windows {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        });
+        same.then(|| &components[prefix.len()..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paths::{PathError, parse_prefixes, relative};
+
+    #[test]
+    fn relative_paths_are_cleaned_and_parent_components_refused() {
+        assert_eq!(
+            relative("00_Media/./Farm//a.mov", &[]).unwrap(),
+            "00_Media/Farm/a.mov"
+        );
+        assert_eq!(relative("dir\\sub\\b.mov", &[]).unwrap(), "dir/sub/b.mov");
+        assert_eq!(relative(".", &[]).unwrap(), "");
+        assert_eq!(relative("a/../b", &[]), Err(PathError::ParentComponent));
+        assert_eq!(relative("..", &[]), Err(PathError::ParentComponent));
+        assert_eq!(relative("", &[]), Err(PathError::Empty));
+        assert_eq!(relative("a\0b", &[]), Err(PathError::InvalidCharacter));
+    }
+
+    #[test]
+    fn absolute_paths_need_a_configured_prefix() {
+        let prefixes = parse_prefixes(
+            "/Volumes/dmpfs/tc-east-1; C:\\dmpfs\\tc-east-1\n/mnt/lucidlink/tc-east-1;",
+        );
+        assert_eq!(prefixes.len(), 3);
+        for path in [
+            "/Volumes/dmpfs/tc-east-1/00_Media/video.mp4",
+            "C:\\dmpfs\\tc-east-1\\00_Media\\video.mp4",
+            "c:/DMPFS/TC-EAST-1/00_Media/video.mp4",
+            "/mnt/lucidlink/tc-east-1/00_Media/video.mp4",
+        ] {
+            assert_eq!(
+                relative(path, &prefixes).unwrap(),
+                "00_Media/video.mp4",
+                "{path}"
+            );
+        }
+        // Linux paths stay case-sensitive and prefixes match whole components.
+        assert_eq!(
+            relative("/volumes/dmpfs/tc-east-1/a", &prefixes),
+            Err(PathError::OutsideRoot)
+        );
+        assert_eq!(
+            relative("/mnt/lucidlink/tc-east-10/a", &prefixes),
+            Err(PathError::OutsideRoot)
+        );
+        assert_eq!(
+            relative("/etc/passwd", &prefixes),
+            Err(PathError::OutsideRoot)
+        );
+        assert_eq!(relative("/etc/passwd", &[]), Err(PathError::OutsideRoot));
+        assert_eq!(
+            relative("/mnt/lucidlink/tc-east-1/../../etc", &prefixes),
+            Err(PathError::ParentComponent)
+        );
+    }
 }

@@ -11,6 +11,7 @@
 //! - `leak_secret`: `{"credentials": {"access_token"}}` (writeOnly) — tries to leak the token
 //!   through every channel a plugin has, to show that the host masks it everywhere.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use taskhost_plugin_sdk::{
@@ -119,7 +120,11 @@ impl Plugin for Testkit {
         ))
     }
 
-    fn validate(task_type: &str, input: &Value) -> Result<(), TaskError> {
+    fn validate(
+        task_type: &str,
+        input: &Value,
+        _config: &BTreeMap<String, String>,
+    ) -> Result<(), TaskError> {
         if task_type == "leak_secret" {
             let token = input["credentials"]["access_token"].as_str().unwrap_or("");
             if token == "reject-me" {
