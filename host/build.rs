@@ -14,6 +14,7 @@ use std::process::Command;
 const BUNDLED: &[(&str, &str)] = &[
     ("taskhost-plugin-testkit", "testkit"),
     ("taskhost-plugin-cache", "cache"),
+    ("taskhost-plugin-analysis", "analysis"),
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

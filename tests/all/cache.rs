@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use taskhost::runtime::{FsMount, Grants};
+use taskhost::runtime::Grants;
 
-use crate::harness::{TestServer, assert_error};
+use crate::harness::{TestServer, assert_error, read_only_grants};
 
 /// Writes `size` deterministic pseudo-random bytes and returns them.
 pub fn write_file(path: &Path, size: usize, seed: u64) -> Vec<u8> {
@@ -26,18 +26,8 @@ pub fn write_file(path: &Path, size: usize, seed: u64) -> Vec<u8> {
     data
 }
 
-pub fn cache_grants(root: &Path, config: &[(&str, &str)]) -> Grants {
-    let mut grants = Grants::default();
-    grants.fs.push(FsMount {
-        host: root.to_owned(),
-        guest: "/cache".into(),
-        rw: false,
-    });
-    grants.config = config
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect::<BTreeMap<_, _>>();
-    grants
+fn cache_grants(root: &Path, config: &[(&str, &str)]) -> Grants {
+    read_only_grants(root, "/cache", config)
 }
 
 const PREFIXES: &str = "/Volumes/dmpfs/tc-east-1;C:\\dmpfs\\tc-east-1;/mnt/lucidlink/tc-east-1";

@@ -22,6 +22,21 @@ pub fn shared_cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
 }
 
+/// Grants that preopen `host` read-only at `guest`, with the given plugin config.
+pub fn read_only_grants(host: &Path, guest: &str, config: &[(&str, &str)]) -> Grants {
+    let mut grants = Grants::default();
+    grants.fs.push(taskhost::runtime::FsMount {
+        host: host.to_owned(),
+        guest: guest.to_owned(),
+        rw: false,
+    });
+    grants.config = config
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    grants
+}
+
 /// Settings a test may change before the server starts.
 pub struct ServerBuilder {
     config: Config,

@@ -1,6 +1,7 @@
 //! All integration tests, in one binary: the runtime with real components, the HTTP API of a
 //! real server, and crash recovery of the real binary.
 
+mod analysis;
 mod api;
 mod auth;
 mod cache;
