@@ -59,7 +59,7 @@ impl Settings {
                 .unwrap_or_default(),
             every_files: number("progress_every_files", 10, 1_000_000)?,
             every_ms: number("progress_every_ms", 2000, 86_400_000)?,
-            parallel_files: number("parallel_files", 4, 64)? as usize,
+            parallel_files: number("parallel_files", 8, 64)? as usize,
             max_files: number("max_files", 1_000_000, 100_000_000)? as usize,
         })
     }

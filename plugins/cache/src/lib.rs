@@ -21,7 +21,7 @@
 //! | `path_prefixes` | none | `;`-separated absolute prefixes that mean the root (Windows, macOS, Linux mounts) |
 //! | `progress_every_files` | `10` | progress after this many files... |
 //! | `progress_every_ms` | `2000` | ...or this many milliseconds, whichever comes first |
-//! | `parallel_files` | `4` | files read at once, each with a read in flight |
+//! | `parallel_files` | `8` | files read at once, each with a read in flight |
 //! | `max_files` | `1000000` | a job naming more files fails at the scan |
 //!
 //! Sizes are shown in binary units with the seed's labels (1 MB = 1,048,576 bytes), and
