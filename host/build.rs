@@ -15,6 +15,7 @@ const BUNDLED: &[(&str, &str)] = &[
     ("taskhost-plugin-testkit", "testkit"),
     ("taskhost-plugin-cache", "cache"),
     ("taskhost-plugin-analysis", "analysis"),
+    ("taskhost-plugin-gitlab", "gitlab"),
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

@@ -403,15 +403,7 @@ async fn analysis_of_a_generated_tree_reports_known_counts_smells_findings_and_c
     assert!(!result["recommendations"].as_array().unwrap().is_empty());
 
     // The token is nowhere in clear: not in the task, its records, events or logs.
-    let logs = server
-        .client
-        .get(server.url(&format!("/api/v1/tasks/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = server.logs(id).await;
     let events = server.api().events(id).await;
     for (what, text) in [
         ("task", done.to_string()),

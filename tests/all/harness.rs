@@ -177,6 +177,18 @@ impl TestServer {
         WsClient::connect(&self.ws_url(path, &self.token)).await
     }
 
+    /// The task's log as the API serves it.
+    pub async fn logs(&self, id: &str) -> String {
+        self.client
+            .get(self.url(&format!("/api/v1/tasks/{id}/logs")))
+            .send()
+            .await
+            .expect("logs request")
+            .text()
+            .await
+            .expect("logs body")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod cache;
 mod crash;
+mod gitlab;
 mod harness;
 mod runtime;
 mod streams;
