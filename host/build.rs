@@ -16,6 +16,7 @@ const BUNDLED: &[(&str, &str)] = &[
     ("taskhost-plugin-cache", "cache"),
     ("taskhost-plugin-analysis", "analysis"),
     ("taskhost-plugin-gitlab", "gitlab"),
+    ("taskhost-plugin-runner", "runner"),
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

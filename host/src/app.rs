@@ -13,6 +13,7 @@ use crate::auth::{Auth, AuthError, SecretBox, SecretError};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::registry::{PluginRegistry, RegistryError};
+use crate::runners::Runners;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::storage::{SledStorage, Storage, StorageError};
 use crate::streams::Streams;
@@ -65,7 +66,16 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     }
     let secrets = Arc::new(SecretBox::open(&config.data_dir)?);
     let auth = Auth::open(&config.auth, &config.data_dir, storage.clone()).await?;
-    let engine = Engine::start(storage, registry.clone(), secrets, config.engine.clone()).await?;
+    let runners = Runners::new(config.runners.clone());
+    runners.spawn_reaper();
+    let engine = Engine::start(
+        storage,
+        registry.clone(),
+        secrets,
+        runners,
+        config.engine.clone(),
+    )
+    .await?;
     let streams = Streams::start(engine.clone(), config.streams.clone());
     let limits = Arc::new(RateLimits::new(config.rate_limits.clone()));
     {

@@ -41,6 +41,13 @@
 //! max_topics = 100
 //! max_replay_events = 100000         # events a resume may scan (not for a single task topic)
 //!
+//! [runners]                          # see RunnerConfig
+//! heartbeat_interval_s = 10          # asked of runners
+//! offline_after_s = 30               # a runner silent this long is shown offline
+//! lease_s = 30                       # a claimed job without heartbeat or report is put back
+//! max_deliveries = 3                 # deliveries of one job before it is lost
+//! max_claim_wait_ms = 30000          # longest long-poll of a claim
+//!
 //! [plugins.testkit]                  # grants for a bundled or plugins-dir plugin, as in a .toml
 //! limits = { memory_mb = 64 }
 //! ```
@@ -54,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ratelimit::RateLimitConfig;
 use crate::auth::AuthConfig;
 use crate::engine::EngineConfig;
+use crate::runners::RunnerConfig;
 use crate::runtime::{Grants, RuntimeConfig};
 use crate::streams::StreamConfig;
 
@@ -76,6 +84,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub cors: CorsConfig,
     pub streams: StreamConfig,
+    pub runners: RunnerConfig,
     /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
     /// without a `.toml` of their own.
     pub plugins: BTreeMap<String, Grants>,
@@ -95,6 +104,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             cors: CorsConfig::default(),
             streams: StreamConfig::default(),
+            runners: RunnerConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -153,6 +163,19 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("plugins.{name}: {e}")))?;
         }
         self.streams.validate().map_err(ConfigError::Invalid)?;
+        let r = &self.runners;
+        if r.heartbeat_interval_s == 0
+            || r.offline_after_s == 0
+            || r.lease_s == 0
+            || r.max_deliveries == 0
+            || r.max_claim_wait_ms > 600_000
+        {
+            return Err(ConfigError::Invalid(
+                "runners: heartbeat_interval_s, offline_after_s, lease_s and max_deliveries must \
+                 be at least 1, max_claim_wait_ms at most 600000"
+                    .into(),
+            ));
+        }
         if self.max_body_bytes < 1024 || self.max_plugin_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "body limits must be at least 1024 bytes".into(),

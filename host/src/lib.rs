@@ -9,6 +9,7 @@
 //! - [`streams`]: live event delivery to stream subscribers (replay, backpressure).
 //! - [`api`]: the HTTP API; [`app`] puts the host together; [`config`] is its settings.
 //! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
+//! - [`runners`]: registered runners and the jobs leased to them.
 
 #![cfg_attr(not(test), forbid(clippy::unwrap_used))]
 #![recursion_limit = "256"]
@@ -21,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod model;
 pub mod registry;
+pub mod runners;
 pub mod runtime;
 pub mod storage;
 pub mod streams;

@@ -8,5 +8,6 @@ mod cache;
 mod crash;
 mod gitlab;
 mod harness;
+mod runners;
 mod runtime;
 mod streams;

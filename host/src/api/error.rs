@@ -15,6 +15,7 @@ use super::request;
 use crate::auth::AuthError;
 use crate::engine::EngineError;
 use crate::registry::RegistryError;
+use crate::runners::RunnerError;
 
 /// An error on its way to the client.
 #[derive(Debug)]
@@ -166,6 +167,23 @@ impl From<RegistryError> for ApiError {
             RegistryError::NameMismatch { .. } => ApiError::validation(error.to_string()),
             RegistryError::GrantsFile { .. } => ApiError::validation(error.to_string()),
             RegistryError::Persist { .. } => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<RunnerError> for ApiError {
+    fn from(error: RunnerError) -> Self {
+        match error {
+            RunnerError::UnknownRunner(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "RUNNER_NOT_FOUND", error.to_string())
+            }
+            RunnerError::UnknownJob(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "JOB_NOT_FOUND", error.to_string())
+            }
+            RunnerError::NotLeased(_) => {
+                ApiError::new(StatusCode::CONFLICT, "JOB_NOT_LEASED", error.to_string())
+            }
+            RunnerError::Invalid(message) => ApiError::validation(message),
         }
     }
 }

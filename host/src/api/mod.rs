@@ -8,6 +8,7 @@ mod error;
 pub mod openapi;
 mod plugins;
 pub mod ratelimit;
+mod runners;
 mod system;
 mod tasks;
 mod ws;
@@ -357,6 +358,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(tasks::routes(state.clone()))
         .unify()
         .or(plugins::routes(state.clone()))
+        .unify()
+        .or(runners::routes(state.clone()))
         .unify()
         .or(auth_routes::routes(state.clone()))
         .unify()

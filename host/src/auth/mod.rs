@@ -15,6 +15,7 @@ pub use secrets::{
     unseal_into,
 };
 pub use service::{ApiKeyRequest, Auth, AuthConfig, AuthError, LoginResult, api_key_json};
+pub(crate) use service::{random_token, sha256_hex};
 
 use crate::model::{Event, Task};
 
@@ -135,6 +136,10 @@ impl Principal {
 
     pub fn may_manage_plugins(&self) -> bool {
         self.is_admin() || self.has("plugins:manage")
+    }
+
+    pub fn may_manage_runners(&self) -> bool {
+        self.is_admin() || self.has("runners:register")
     }
 
     pub fn may_manage_users(&self) -> bool {

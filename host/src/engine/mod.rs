@@ -36,6 +36,7 @@ use crate::model::{
     TaskStatus,
 };
 use crate::registry::{LoadedPlugin, PluginRegistry};
+use crate::runners::{JobContext, Runners};
 use crate::runtime::{Grants, TaskControl, TaskFailure};
 use crate::storage::{Durability, Storage, StorageError, TaskQuery};
 use scheduler::Scheduler;
@@ -156,6 +157,8 @@ pub(crate) struct Inner {
     started_at: Instant,
     /// Plugin, queue and health notices for the `system` stream topic.
     system: broadcast::Sender<SystemNotice>,
+    /// Runners and the jobs plugins delegate to them.
+    runners: Runners,
 }
 
 /// System notices buffered for a stream hub that falls behind (they are rare).
@@ -210,6 +213,7 @@ impl Engine {
         storage: Arc<dyn Storage>,
         registry: Arc<PluginRegistry>,
         secrets: Arc<SecretBox>,
+        runners: Runners,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         let inner = Arc::new(Inner {
@@ -225,6 +229,7 @@ impl Engine {
             validators: Mutex::new(HashMap::new()),
             started_at: Instant::now(),
             system: broadcast::channel(SYSTEM_NOTICE_CAPACITY).0,
+            runners,
         });
         inner.recover().await?;
         tokio::spawn(inner.clone().dispatch_loop());
@@ -233,6 +238,58 @@ impl Engine {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
+    }
+
+    pub fn runners(&self) -> &Runners {
+        &self.inner.runners
+    }
+
+    /// Stores a log line a runner sent about a job of `job.task_id`, masked.
+    pub fn runner_log(&self, job: &JobContext, level: &str, line: &str) -> Result<(), EngineError> {
+        let task = self
+            .inner
+            .storage
+            .get_task(&job.task_id)?
+            .ok_or_else(|| EngineError::TaskNotFound(job.task_id.clone()))?;
+        self.inner
+            .storage
+            .append_log(&task, level, &redact(line, &job.secrets))?;
+        Ok(())
+    }
+
+    /// Applies a runner's progress report to the job's task (while it runs).
+    pub fn runner_progress(
+        &self,
+        job: &JobContext,
+        processed: Option<u64>,
+        total: Option<u64>,
+        step: Option<&str>,
+        message: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let step = step.map(|s| redact(s, &job.secrets));
+        let message = message.map(|m| redact(m, &job.secrets));
+        self.inner.modify(&job.task_id, |task| {
+            if task.status != TaskStatus::Running {
+                return Err(EngineError::Conflict(format!(
+                    "task {} is {}, not running",
+                    task.id,
+                    task.status.as_str()
+                )));
+            }
+            task.progress.merge(
+                processed,
+                total,
+                step.as_deref(),
+                message.as_deref(),
+                std::iter::empty(),
+            );
+            task.updated_at = Utc::now();
+            Ok(vec![NewEvent::new(
+                EventKind::Progress,
+                serde_json::to_value(&task.progress).unwrap_or_default(),
+            )])
+        })?;
+        Ok(())
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {

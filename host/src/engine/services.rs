@@ -10,14 +10,53 @@ use tracing::warn;
 use super::{Engine, EngineError, Inner, NewTask, transition};
 use crate::auth::{Principal, Role, redact, redact_value};
 use crate::model::{EventKind, NewEvent, Record, Task, TaskStatus};
+use crate::runners::{self, JobSpec, RunnerError, StepSpec};
 use crate::runtime::{
-    ErrorKind, GuestTaskError, HostError, LogLevel, Progress, SpawnRequest, TaskServices,
-    TaskState, host_error,
+    ErrorKind, GuestTaskError, HostError, JobRequest, JobState, JobStatus, LogLevel, Progress,
+    RunnerInfo, SpawnRequest, StepOutcome, TaskServices, TaskState, host_error,
 };
 use crate::storage::StorageError;
 
 /// Children one task may spawn.
 const MAX_CHILDREN: u64 = 10_000;
+/// Longest single `wait-job`; a plugin waiting longer calls again (and checkpoints between).
+const MAX_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn runner_failure(error: RunnerError) -> HostError {
+    match error {
+        RunnerError::UnknownJob(_) | RunnerError::UnknownRunner(_) => {
+            host_error(ErrorKind::NotFound, error.to_string())
+        }
+        RunnerError::NotLeased(_) => host_error(ErrorKind::Failed, error.to_string()),
+        RunnerError::Invalid(message) => host_error(ErrorKind::Invalid, message),
+    }
+}
+
+fn wit_job_state(state: runners::JobState) -> JobState {
+    JobState {
+        id: state.id,
+        status: match state.status {
+            runners::JobStatus::Queued => JobStatus::Queued,
+            runners::JobStatus::Running => JobStatus::Running,
+            runners::JobStatus::Succeeded => JobStatus::Succeeded,
+            runners::JobStatus::Failed => JobStatus::Failed,
+            runners::JobStatus::Cancelled => JobStatus::Cancelled,
+            runners::JobStatus::TimedOut => JobStatus::TimedOut,
+            runners::JobStatus::Lost => JobStatus::Lost,
+        },
+        runner_id: state.runner_id,
+        steps: state
+            .steps
+            .into_iter()
+            .map(|s| StepOutcome {
+                name: s.name,
+                exit_code: s.exit_code,
+                duration_ms: s.duration_ms,
+                output_tail: s.output_tail,
+            })
+            .collect(),
+    }
+}
 
 pub(crate) struct EngineServices {
     inner: Arc<Inner>,
@@ -35,6 +74,17 @@ impl EngineServices {
             task: task.clone(),
             children: std::sync::atomic::AtomicU64::new(0),
             secrets,
+        }
+    }
+
+    /// A plugin may wait on and cancel only the jobs its own task dispatched.
+    fn own_job(&self, id: &str) -> Result<(), HostError> {
+        match self.inner.runners.task_of(id) {
+            Ok(task) if task == self.task.id => Ok(()),
+            _ => Err(host_error(
+                ErrorKind::NotFound,
+                format!("job {id} was not dispatched by this task"),
+            )),
         }
     }
 
@@ -247,5 +297,74 @@ impl TaskServices for EngineServices {
                 retryable: e.retryable,
             }),
         })
+    }
+
+    async fn list_runners(&self, labels: Vec<String>) -> Result<Vec<RunnerInfo>, HostError> {
+        Ok(self
+            .inner
+            .runners
+            .list()
+            .into_iter()
+            .filter(|r| labels.iter().all(|l| r.labels.contains(l)))
+            .map(|r| RunnerInfo {
+                id: r.id,
+                name: r.name,
+                labels: r.labels,
+                capacity: r.capacity,
+                running_jobs: u32::try_from(r.running_jobs.len()).unwrap_or(u32::MAX),
+                online: r.online,
+            })
+            .collect())
+    }
+
+    async fn dispatch_job(&self, job: JobRequest) -> Result<String, HostError> {
+        let metadata = if job.metadata.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&job.metadata).map_err(|e| {
+                host_error(ErrorKind::Invalid, format!("job metadata is not JSON: {e}"))
+            })?
+        };
+        let spec = JobSpec {
+            name: job.name,
+            labels: job.labels,
+            steps: job
+                .steps
+                .into_iter()
+                .map(|s| StepSpec {
+                    name: s.name,
+                    command: s.command,
+                    timeout_s: s.timeout_s,
+                })
+                .collect(),
+            env: job.env,
+            workdir: job.workdir,
+            timeout_s: job.timeout_s,
+            metadata,
+        };
+        self.inner
+            .runners
+            .dispatch(&self.task.id, spec, self.secrets.clone())
+            .map_err(runner_failure)
+    }
+
+    async fn wait_job(&self, id: String, timeout_ms: u32) -> Result<JobState, HostError> {
+        self.own_job(&id)?;
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms)).min(MAX_JOB_WAIT);
+        self.inner
+            .runners
+            .wait(&id, timeout)
+            .await
+            .map(wit_job_state)
+            .map_err(runner_failure)
+    }
+
+    async fn cancel_job(&self, id: String) -> Result<(), HostError> {
+        self.own_job(&id)?;
+        self.inner
+            .runners
+            .cancel(&id)
+            .map(|_| ())
+            .map_err(runner_failure)
     }
 }

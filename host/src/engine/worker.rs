@@ -231,6 +231,8 @@ impl Inner {
             timeout: Some(Duration::from_secs(task.timeout_s)),
         };
         let outcome = plugin.run(invocation, services, control.clone()).await;
+        // Jobs a run delegated end with it; a retry dispatches its own.
+        self.runners.cancel_task_jobs(&task.id);
         let directive = control.directive();
         self.release(&id, &plugin_name);
         self.finish(&task, outcome, directive, &secrets).await;

@@ -1,0 +1,345 @@
+//! Runner routes under `/api/v1/runners`.
+//!
+//! People (admin, or `runners:register`) register, list, inspect and remove runners. A runner
+//! calls the rest with its own token (`Authorization: Bearer thr_…`), which is good for
+//! nothing else: heartbeat, claim a job (long-poll), and report on the jobs it holds — log
+//! lines and progress go to the owning task, step outcomes and the final status to the job.
+
+use serde::Deserialize;
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::ratelimit::Class;
+use super::{
+    ApiError, AppState, Query, authenticated, body, check_rate, json_reply, parse_json, raw_query,
+    respond,
+};
+use crate::auth::Principal;
+use crate::runners::{JobStatus, StepOutcome};
+
+/// Lines one log report may carry.
+const MAX_LOG_LINES: usize = 1000;
+const MAX_LINE_BYTES: usize = 16 * 1024;
+const MAX_OUTPUT_TAIL: usize = 64 * 1024;
+
+fn may_manage(principal: &Principal) -> Result<(), ApiError> {
+    if principal.may_manage_runners() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "managing runners needs the runners:register permission",
+        ))
+    }
+}
+
+/// The runner calling, from its token; it must be the runner the path names.
+fn runner(state: AppState) -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+        let state = state.clone();
+        async move {
+            let token = header
+                .as_deref()
+                .and_then(|h| {
+                    h.strip_prefix("Bearer ")
+                        .or_else(|| h.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            let id = token
+                .and_then(|t| state.engine.runners().authenticate(t))
+                .ok_or_else(|| {
+                    warp::reject::custom(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "AUTHENTICATION_REQUIRED",
+                        "this route takes a runner token: Authorization: Bearer thr_…",
+                    ))
+                })?;
+            check_rate(&state.limits, Class::Principal, &format!("runner:{id}"))
+                .map_err(warp::reject::custom)?;
+            Ok::<_, warp::Rejection>(id)
+        }
+    })
+}
+
+fn same_runner(path_id: &str, token_id: &str) -> Result<(), ApiError> {
+    if path_id == token_id {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "a runner token acts only for its own runner",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    name: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default = "one")]
+    capacity: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Heartbeat {
+    #[serde(default)]
+    running: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLine {
+    #[serde(default = "stdout")]
+    stream: String,
+    line: String,
+}
+
+fn stdout() -> String {
+    "stdout".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogReport {
+    lines: Vec<LogLine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgressReport {
+    processed: Option<u64>,
+    total: Option<u64>,
+    step: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Finish {
+    status: JobStatus,
+}
+
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    // Keep the end: the last lines of output say how it went.
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let auth = authenticated(state.clone());
+    let runner = runner(state.clone());
+    let limit = state.config.max_body_bytes;
+    let with_state = warp::any().map(move || state.clone());
+
+    let register = warp::path!("runners")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(body(limit))
+        .and(with_state.clone())
+        .then(
+            |p: Principal, bytes: bytes::Bytes, s: AppState| async move {
+                respond((|| {
+                    may_manage(&p)?;
+                    let r: Registration = parse_json(&bytes)?;
+                    let registered = s
+                        .engine
+                        .runners()
+                        .register(&p.name, &r.name, r.labels, r.capacity)?;
+                    Ok(json_reply(StatusCode::CREATED, &json!(registered)))
+                })())
+            },
+        );
+    let list =
+        warp::path!("runners")
+            .and(warp::get())
+            .and(auth.clone())
+            .and(with_state.clone())
+            .then(|p: Principal, s: AppState| async move {
+                respond(may_manage(&p).map(|()| {
+                    json_reply(StatusCode::OK, &json!({"data": s.engine.runners().list()}))
+                }))
+            });
+    let get = warp::path!("runners" / String)
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond((|| {
+                may_manage(&p)?;
+                Ok(json_reply(
+                    StatusCode::OK,
+                    &json!(s.engine.runners().get(&id)?),
+                ))
+            })())
+        });
+    let remove = warp::path!("runners" / String)
+        .and(warp::delete())
+        .and(auth)
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond((|| {
+                may_manage(&p)?;
+                s.engine.runners().unregister(&id)?;
+                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+            })())
+        });
+
+    let heartbeat = warp::path!("runners" / String / "heartbeat")
+        .and(warp::post())
+        .and(runner.clone())
+        .and(body(limit))
+        .and(with_state.clone())
+        .then(
+            |id: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
+                respond((|| {
+                    same_runner(&id, &caller)?;
+                    let beat: Heartbeat = if bytes.is_empty() {
+                        Heartbeat::default()
+                    } else {
+                        parse_json(&bytes)?
+                    };
+                    let reply = s.engine.runners().heartbeat(&id, &beat.running)?;
+                    Ok(json_reply(StatusCode::OK, &json!(reply)))
+                })())
+            },
+        );
+    let claim = warp::path!("runners" / String / "jobs" / "claim")
+        .and(warp::post())
+        .and(runner.clone())
+        .and(raw_query())
+        .and(with_state.clone())
+        .then(
+            |id: String, caller: String, raw: String, s: AppState| async move {
+                let result = async {
+                    same_runner(&id, &caller)?;
+                    let query = Query::parse(&raw, &["wait_ms"], false)?;
+                    let wait = query.u64_in("wait_ms", 0, 60_000, 0)?;
+                    // Claiming counts as a sign of life, like a heartbeat.
+                    s.engine.runners().heartbeat(&id, &[])?;
+                    let lease = s
+                        .engine
+                        .runners()
+                        .claim(&id, std::time::Duration::from_millis(wait))
+                        .await?;
+                    Ok(match lease {
+                        Some(lease) => json_reply(StatusCode::OK, &json!(lease)),
+                        None => warp::reply::Reply::into_response(StatusCode::NO_CONTENT),
+                    })
+                };
+                respond(result.await)
+            },
+        );
+    let job = |suffix: &'static str| {
+        warp::path("runners")
+            .and(warp::path::param::<String>())
+            .and(warp::path("jobs"))
+            .and(warp::path::param::<String>())
+            .and(warp::path(suffix))
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(runner.clone())
+            .and(body(limit))
+            .and(with_state.clone())
+    };
+    let logs = job("logs").then(
+        |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
+            respond((|| {
+                same_runner(&id, &caller)?;
+                let report: LogReport = parse_json(&bytes)?;
+                if report.lines.len() > MAX_LOG_LINES {
+                    return Err(ApiError::validation(format!(
+                        "at most {MAX_LOG_LINES} lines per report"
+                    )));
+                }
+                let context = s.engine.runners().touch(&id, &job)?;
+                for line in report.lines {
+                    let level = if line.stream == "stderr" {
+                        "warn"
+                    } else {
+                        "info"
+                    };
+                    let text = truncated(&line.line, MAX_LINE_BYTES);
+                    s.engine.runner_log(&context, level, &text)?;
+                }
+                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+            })())
+        },
+    );
+    let progress = job("progress").then(
+        |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
+            respond((|| {
+                same_runner(&id, &caller)?;
+                let report: ProgressReport = parse_json(&bytes)?;
+                let context = s.engine.runners().touch(&id, &job)?;
+                s.engine.runner_progress(
+                    &context,
+                    report.processed,
+                    report.total,
+                    report.step.as_deref(),
+                    report.message.as_deref(),
+                )?;
+                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+            })())
+        },
+    );
+    let step = job("steps").then(
+        |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
+            respond((|| {
+                same_runner(&id, &caller)?;
+                let mut outcome: StepOutcome = parse_json(&bytes)?;
+                outcome.output_tail = truncated(&outcome.output_tail, MAX_OUTPUT_TAIL);
+                s.engine.runners().step_finished(&id, &job, outcome)?;
+                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+            })())
+        },
+    );
+    let finish = job("finish").then(
+        |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
+            respond((|| {
+                same_runner(&id, &caller)?;
+                let finish: Finish = parse_json(&bytes)?;
+                let state = s.engine.runners().finish(&id, &job, finish.status)?;
+                Ok(json_reply(StatusCode::OK, &json!(state)))
+            })())
+        },
+    );
+
+    register
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(remove)
+        .unify()
+        .or(heartbeat)
+        .unify()
+        .or(claim)
+        .unify()
+        .or(logs)
+        .unify()
+        .or(progress)
+        .unify()
+        .or(step)
+        .unify()
+        .or(finish)
+        .unify()
+        .boxed()
+}

@@ -1,0 +1,281 @@
+//! Runners over the real HTTP API: registration, label matching, leases that lapse and are
+//! taken by another runner, reports flowing into the task, and runner tokens that are good for
+//! nothing else. The test plays the runner through the runner routes.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Api, TestServer, assert_error, client_with_token};
+
+/// A runner driven by the test through the runner routes.
+struct HttpRunner {
+    id: String,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl HttpRunner {
+    async fn register(server: &TestServer, name: &str, labels: &[&str]) -> Self {
+        let (status, body) = server
+            .api()
+            .post(
+                "/api/v1/runners",
+                json!({"name": name, "labels": labels, "capacity": 1}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().unwrap().to_owned();
+        assert!(token.starts_with("thr_"));
+        Self {
+            id: body["id"].as_str().unwrap().to_owned(),
+            client: client_with_token(&token),
+            base: server.url(""),
+        }
+    }
+
+    fn api(&self) -> Api<'_> {
+        Api {
+            client: &self.client,
+            base: self.base.clone(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.api()
+            .post(&format!("/api/v1/runners/{}{path}", self.id), body)
+            .await
+    }
+
+    async fn claim(&self, wait_ms: u64) -> Option<Value> {
+        let (status, lease) = self
+            .post(&format!("/jobs/claim?wait_ms={wait_ms}"), Value::Null)
+            .await;
+        match status {
+            StatusCode::OK => Some(lease),
+            StatusCode::NO_CONTENT => None,
+            other => panic!("claim answered {other}: {lease}"),
+        }
+    }
+
+    async fn report(&self, job: &str, what: &str, body: Value) -> (StatusCode, Value) {
+        self.post(&format!("/jobs/{job}/{what}"), body).await
+    }
+}
+
+fn delegate(labels: &[&str], run: &[&str]) -> Value {
+    json!({
+        "plugin": "runner",
+        "type": "delegate",
+        "input": {
+            "repository": "owner/repo",
+            "job_id": "123456789",
+            "job_name": "Build and Test",
+            "workflow_name": "CI/CD Pipeline",
+            "labels": labels,
+            "metadata": {"branch": "main"},
+            "steps": [{"name": "test", "run": run}],
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_delegated_job_runs_on_the_runner_whose_labels_match_and_reports_into_the_task() {
+    let server = TestServer::builder().start().await;
+    let linux = HttpRunner::register(&server, "linux", &["linux"]).await;
+    let rust = HttpRunner::register(&server, "rust", &["linux", "rust"]).await;
+    let api = server.api();
+    let task = api.create(delegate(&["rust"], &["cargo", "test"])).await;
+    let id = task["id"].as_str().unwrap();
+
+    // The job is dispatched while the linux runner waits; it lacks the rust label.
+    assert!(
+        linux.claim(1500).await.is_none(),
+        "linux lacks the rust label"
+    );
+    let lease = rust
+        .claim(10_000)
+        .await
+        .expect("the rust runner gets the job");
+    assert_eq!(lease["task_id"], id);
+    assert_eq!(lease["delivery"], 1);
+    assert_eq!(
+        lease["spec"]["steps"][0]["command"],
+        json!(["cargo", "test"])
+    );
+    assert_eq!(lease["spec"]["metadata"]["repository"], "owner/repo");
+    let job = lease["job_id"].as_str().unwrap();
+
+    let (status, body) = rust
+        .report(job, "logs", json!({"lines": [{"line": "running 3 tests"}, {"stream": "stderr", "line": "warning: unused"}]}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = rust
+        .report(
+            job,
+            "progress",
+            json!({"processed": 1, "total": 1, "step": "cargo test"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let outcome = json!({"name": "test", "exit_code": 0, "duration_ms": 1234, "output_tail": "test result: ok. 3 passed"});
+    assert_eq!(
+        rust.report(job, "steps", outcome).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, state) = rust
+        .report(job, "finish", json!({"status": "succeeded"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["result"];
+    assert_eq!(result["runner_id"], rust.id.as_str());
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["steps"][0]["exit_code"], 0);
+    assert_eq!(
+        result["steps"][0]["output_tail"],
+        "test result: ok. 3 passed"
+    );
+    let logs = server.logs(id).await;
+    assert!(
+        logs.contains("running 3 tests") && logs.contains("warning: unused"),
+        "{logs}"
+    );
+    let progress_steps: Vec<Value> = api
+        .events(id)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "progress")
+        .map(|e| e["data"]["current_step"].clone())
+        .collect();
+    assert!(
+        progress_steps.contains(&json!("cargo test")),
+        "{progress_steps:?}"
+    );
+
+    let (_, runners) = api.get("/api/v1/runners").await;
+    let listed = runners["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["online"] == true && r.get("token").is_none()),
+        "{runners}"
+    );
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_puts_the_job_back_and_another_runner_finishes_it() {
+    let server = TestServer::builder()
+        .config(|c| c.runners.lease_s = 1)
+        .start()
+        .await;
+    let first = HttpRunner::register(&server, "first", &["linux"]).await;
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], &["make", "test"])).await;
+    let id = task["id"].as_str().unwrap();
+    let lease = first.claim(10_000).await.expect("a job");
+    let job = lease["job_id"].as_str().unwrap().to_owned();
+
+    // The first runner goes silent; a second one takes the job once the lease lapses.
+    let second = HttpRunner::register(&server, "second", &["linux"]).await;
+    let again = second.claim(10_000).await.expect("the job comes back");
+    assert_eq!(again["job_id"], job.as_str());
+    assert_eq!(again["delivery"], 2);
+
+    // The first runner, back, may no longer report on it and is told to stop.
+    let (status, body) = first
+        .report(&job, "finish", json!({"status": "succeeded"}))
+        .await;
+    assert_error(status, &body, 409, "JOB_NOT_LEASED");
+    let (_, beat) = first.post("/heartbeat", json!({"running": [job]})).await;
+    assert_eq!(beat["stop"], json!([job]));
+
+    let (status, _) = second
+        .report(&job, "finish", json!({"status": "succeeded"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["runner_id"], second.id.as_str());
+}
+
+#[tokio::test]
+async fn a_delegate_task_waits_for_a_matching_runner_and_fails_with_the_failed_step() {
+    let server = TestServer::builder().start().await;
+    let api = server.api();
+    let task = api.create(delegate(&["gpu"], &["pytest"])).await;
+    let id = task["id"].as_str().unwrap();
+    api.wait_for(id, Duration::from_secs(10), |t| {
+        t["progress"]["current_step"] == "Waiting for a runner with labels gpu"
+    })
+    .await;
+
+    let gpu = HttpRunner::register(&server, "gpu", &["gpu"]).await;
+    let lease = gpu.claim(10_000).await.expect("a job");
+    let job = lease["job_id"].as_str().unwrap();
+    let outcome =
+        json!({"name": "test", "exit_code": 1, "duration_ms": 10, "output_tail": "1 failed"});
+    assert_eq!(
+        gpu.report(job, "steps", outcome).await.0,
+        StatusCode::NO_CONTENT
+    );
+    gpu.report(job, "finish", json!({"status": "failed"})).await;
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "JOB_FAILED", "{done}");
+    assert_eq!(done["attempt"], 1, "a failed build is not retried");
+}
+
+#[tokio::test]
+async fn runner_tokens_work_only_on_runner_routes_and_only_for_their_runner() {
+    let server = TestServer::builder().start().await;
+    let one = HttpRunner::register(&server, "one", &[]).await;
+    let two = HttpRunner::register(&server, "two", &[]).await;
+    let as_runner = one.api();
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/v1/tasks"),
+        (reqwest::Method::POST, "/api/v1/tasks"),
+        (reqwest::Method::GET, "/api/v1/runners"),
+        (reqwest::Method::GET, "/api/v1/plugins"),
+        (reqwest::Method::POST, "/api/v1/auth/api-keys"),
+    ] {
+        let (status, body) = as_runner.send(method, path, Some(json!({}))).await;
+        assert_error(status, &body, 401, "AUTHENTICATION_REQUIRED");
+    }
+    // Its own routes, but another runner's id.
+    let (status, body) = as_runner
+        .post(&format!("/api/v1/runners/{}/heartbeat", two.id), json!({}))
+        .await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+    // A person's token is not a runner token.
+    let (status, body) = server
+        .api()
+        .post(&format!("/api/v1/runners/{}/heartbeat", one.id), json!({}))
+        .await;
+    assert_error(status, &body, 401, "AUTHENTICATION_REQUIRED");
+    // Registering needs runners:register; a plain user lacks it.
+    let user = server.user("alice", "user").await;
+    let (status, body) = Api {
+        client: &user,
+        base: server.url(""),
+    }
+    .post("/api/v1/runners", json!({"name": "mine"}))
+    .await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+    // A removed runner's token stops working.
+    let (status, _) = server
+        .api()
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/runners/{}", one.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = one.post("/heartbeat", json!({})).await;
+    assert_error(status, &body, 401, "AUTHENTICATION_REQUIRED");
+}
