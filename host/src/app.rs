@@ -114,6 +114,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    // Waiting runner claims end with the signal, so that their connections do not hold up
+    // the drain.
+    let runners = state.engine.runners().clone();
+    let shutdown = async move {
+        shutdown.await;
+        runners.close();
+    };
     api::serve(listener, state.clone(), shutdown).await;
     state.ready.store(false, Ordering::Release);
     // Stream subscribers hear why before their connections close (1001, resume later).

@@ -11,6 +11,7 @@
 //! whose jobs were in flight are recovered by the engine and dispatch again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -281,6 +282,8 @@ pub struct Runners {
     config: Arc<RunnerConfig>,
     state: Arc<Mutex<State>>,
     job_queued: Arc<Notify>,
+    /// Set when the host shuts down: claims stop waiting so that connections can drain.
+    closed: Arc<AtomicBool>,
 }
 
 impl Runners {
@@ -289,7 +292,14 @@ impl Runners {
             config: Arc::new(config),
             state: Arc::default(),
             job_queued: Arc::new(Notify::new()),
+            closed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Ends waiting claims (they answer "no job") and makes later ones return at once.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.job_queued.notify_waiters();
     }
 
     pub fn config(&self) -> &RunnerConfig {
@@ -518,6 +528,9 @@ impl Runners {
             let notified = self.job_queued.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             if let Some(lease) = self.try_claim(runner_id)? {
                 return Ok(Some(lease));
             }
@@ -693,6 +706,7 @@ impl Runners {
         let state = Arc::downgrade(&self.state);
         let config = self.config.clone();
         let job_queued = self.job_queued.clone();
+        let closed = self.closed.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -702,6 +716,7 @@ impl Runners {
                     config: config.clone(),
                     state,
                     job_queued: job_queued.clone(),
+                    closed: closed.clone(),
                 };
                 for job in runners.reap_expired(Instant::now()) {
                     tracing::warn!(%job, "a runner's lease lapsed; the job goes back to the queue");
@@ -828,6 +843,24 @@ mod tests {
         let job = runners.dispatch("task", spec(&[]), Vec::new()).unwrap();
         let lease = waiting.await.unwrap().unwrap().unwrap();
         assert_eq!(lease.job_id, job);
+    }
+
+    #[tokio::test]
+    async fn closing_ends_a_waiting_claim_at_once() {
+        let runners = Runners::new(RunnerConfig::default());
+        let r = registered(&runners, "r");
+        let waiting = {
+            let runners = runners.clone();
+            tokio::spawn(async move { runners.claim(&r, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        runners.close();
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the claim returned at close")
+            .unwrap()
+            .unwrap();
+        assert!(answer.is_none());
     }
 
     #[tokio::test]
