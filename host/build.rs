@@ -17,6 +17,7 @@ const BUNDLED: &[(&str, &str)] = &[
     ("taskhost-plugin-analysis", "analysis"),
     ("taskhost-plugin-gitlab", "gitlab"),
     ("taskhost-plugin-runner", "runner"),
+    ("taskhost-plugin-build", "build"),
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

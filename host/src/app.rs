@@ -107,6 +107,30 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     })
 }
 
+/// Resolves on SIGTERM or Ctrl-C: what stops both binaries gracefully.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops taking requests and work, puts running tasks
 /// back (after letting them reach a checkpoint) and flushes storage.
 pub async fn run(

@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), forbid(clippy::unwrap_used))]
 #![recursion_limit = "256"]
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod auth;

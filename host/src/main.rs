@@ -68,31 +68,6 @@ impl ServeArgs {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    info!("shutting down");
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -136,7 +111,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    taskhost::app::run(state, listener, shutdown_signal()).await;
+    taskhost::app::run(state, listener, async {
+        taskhost::app::shutdown_signal().await;
+        info!("shutting down");
+    })
+    .await;
     info!("stopped");
     ExitCode::SUCCESS
 }

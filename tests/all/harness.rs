@@ -70,6 +70,7 @@ impl ServerBuilder {
         let data = tempfile::tempdir().expect("temp data dir");
         let mut config = self.config;
         config.data_dir = data.path().to_owned();
+        config.listen = "127.0.0.1:0".parse().expect("address");
         TestServer::start_in(config, data).await
     }
 }
@@ -85,6 +86,8 @@ pub struct TestServer {
     _data: tempfile::TempDir,
     /// Dropping it shuts the server down gracefully.
     _stop: oneshot::Sender<()>,
+    config: Config,
+    served: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
@@ -108,15 +111,16 @@ impl TestServer {
         Self::builder().start().await
     }
 
-    async fn start_in(mut config: Config, data: tempfile::TempDir) -> Self {
-        config.listen = "127.0.0.1:0".parse().expect("address");
+    async fn start_in(config: Config, data: tempfile::TempDir) -> Self {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let state = taskhost::app::start(config).await.expect("host starts");
+        let state = taskhost::app::start(config.clone())
+            .await
+            .expect("host starts");
         let (stop, stop_rx) = oneshot::channel::<()>();
-        tokio::spawn(taskhost::app::run(state, listener, async {
+        let served = tokio::spawn(taskhost::app::run(state, listener, async {
             let _ = stop_rx.await;
         }));
         let token = login(&format!("http://{addr}"), "admin", ADMIN_PASSWORD).await;
@@ -126,7 +130,39 @@ impl TestServer {
             token,
             _data: data,
             _stop: stop,
+            config,
+            served,
         }
+    }
+
+    /// Shuts the host down, waits until it has, and starts it again on the same data and the
+    /// same address: what clients and runners see of a host restart.
+    pub async fn restart(self) -> Self {
+        let Self {
+            addr,
+            _data: data,
+            _stop: stop,
+            mut config,
+            served,
+            ..
+        } = self;
+        drop(stop);
+        served.await.expect("the host shut down");
+        config.listen = addr;
+        Self::start_in(config, data).await
+    }
+
+    /// An API key good for registering runners (`runners:register`).
+    pub async fn runner_key(&self) -> String {
+        let (status, created) = self
+            .api()
+            .post(
+                "/api/v1/auth/api-keys",
+                json!({"name": "runners", "permissions": ["runners:register"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created["key"].as_str().expect("key in clear").to_owned()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -448,6 +484,81 @@ impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The `taskhost-runner` binary as a child process, with its own work directory and its log
+/// in a file there.
+pub struct RunnerProcess {
+    child: Child,
+    pub name: String,
+    work: tempfile::TempDir,
+}
+
+impl RunnerProcess {
+    pub fn spawn(server: &TestServer, key: &str, name: &str, labels: &[&str]) -> Self {
+        let work = tempfile::tempdir().expect("runner work dir");
+        let log = std::fs::File::create(work.path().join("runner.log")).expect("runner log");
+        let child = Command::new(env!("CARGO_BIN_EXE_taskhost-runner"))
+            .arg("--url")
+            .arg(server.url(""))
+            .args(["--name", name, "--label", &labels.join(",")])
+            .arg("--work-dir")
+            .arg(work.path().join("jobs"))
+            .env("TASKHOST_API_KEY", key)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("taskhost-runner starts");
+        Self {
+            child,
+            name: name.to_owned(),
+            work,
+        }
+    }
+
+    /// What the runner logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("runner.log")).unwrap_or_default()
+    }
+
+    /// The id the host gave it, once it has registered (waits up to 60 s).
+    pub async fn id(&self, server: &TestServer) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, runners) = server.api().get("/api/v1/runners").await;
+            let found = runners["data"].as_array().and_then(|all| {
+                all.iter()
+                    .filter(|r| r["name"] == self.name.as_str())
+                    .filter_map(|r| r["id"].as_str())
+                    .next_back()
+                    .map(str::to_owned)
+            });
+            if let Some(id) = found {
+                return id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "runner {} did not register; its log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the runner vanishes mid-whatever, as a crashed machine would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunnerProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 

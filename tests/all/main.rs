@@ -4,10 +4,12 @@
 mod analysis;
 mod api;
 mod auth;
+mod builds;
 mod cache;
 mod crash;
 mod gitlab;
 mod harness;
+mod runner_binary;
 mod runners;
 mod runtime;
 mod streams;

@@ -308,7 +308,7 @@ pub const ROUTES: &[Route] = &[
     route(
         "post",
         "/api/v1/runners/{id}/jobs/{job}/finish",
-        "Runner token: the job's outcome",
+        "Runner token: the job's outcome and artifacts ({status, artifacts: [{path, size_bytes, sha256}]})",
         200,
         None,
         "Object",

@@ -18,7 +18,7 @@ use super::{
     respond,
 };
 use crate::auth::Principal;
-use crate::runners::{JobStatus, StepOutcome};
+use crate::runners::{Artifact, JobStatus, StepOutcome};
 
 /// Lines one log report may carry.
 const MAX_LOG_LINES: usize = 1000;
@@ -129,6 +129,8 @@ struct ProgressReport {
 #[serde(deny_unknown_fields)]
 struct Finish {
     status: JobStatus,
+    #[serde(default)]
+    artifacts: Vec<Artifact>,
 }
 
 fn truncated(text: &str, max: usize) -> String {
@@ -316,7 +318,20 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond((|| {
                 same_runner(&id, &caller)?;
                 let finish: Finish = parse_json(&bytes)?;
-                let state = s.engine.runners().finish(&id, &job, finish.status)?;
+                let state =
+                    s.engine
+                        .runners()
+                        .finish(&id, &job, finish.status, finish.artifacts)?;
+                // The task's log says what the job left behind, so a client sees it without
+                // asking the runner.
+                let context = s.engine.runners().job_context(&job)?;
+                for artifact in &state.artifacts {
+                    let line = format!(
+                        "artifact {} ({} bytes, sha256 {})",
+                        artifact.path, artifact.size_bytes, artifact.sha256
+                    );
+                    s.engine.runner_log(&context, "info", &line)?;
+                }
                 Ok(json_reply(StatusCode::OK, &json!(state)))
             })())
         },

@@ -12,8 +12,8 @@ use crate::auth::{Principal, Role, redact, redact_value};
 use crate::model::{EventKind, NewEvent, Record, Task, TaskStatus};
 use crate::runners::{self, JobSpec, RunnerError, StepSpec};
 use crate::runtime::{
-    ErrorKind, GuestTaskError, HostError, JobRequest, JobState, JobStatus, LogLevel, Progress,
-    RunnerInfo, SpawnRequest, StepOutcome, TaskServices, TaskState, host_error,
+    Artifact, ErrorKind, GuestTaskError, HostError, JobRequest, JobState, JobStatus, LogLevel,
+    Progress, RunnerInfo, SpawnRequest, StepOutcome, TaskServices, TaskState, host_error,
 };
 use crate::storage::StorageError;
 
@@ -53,6 +53,15 @@ fn wit_job_state(state: runners::JobState) -> JobState {
                 exit_code: s.exit_code,
                 duration_ms: s.duration_ms,
                 output_tail: s.output_tail,
+            })
+            .collect(),
+        artifacts: state
+            .artifacts
+            .into_iter()
+            .map(|a| Artifact {
+                path: a.path,
+                size_bytes: a.size_bytes,
+                sha256: a.sha256,
             })
             .collect(),
     }
@@ -341,6 +350,7 @@ impl TaskServices for EngineServices {
             workdir: job.workdir,
             timeout_s: job.timeout_s,
             metadata,
+            artifacts: job.artifacts,
         };
         self.inner
             .runners

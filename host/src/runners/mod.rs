@@ -80,6 +80,10 @@ pub struct JobSpec {
     pub workdir: Option<String>,
     pub timeout_s: Option<u32>,
     pub metadata: serde_json::Value,
+    /// Files (relative to the job's directory, `*` and `?` allowed in names) whose size and
+    /// SHA-256 the runner reports when the job ends.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
 }
 
 const MAX_STEPS: usize = 100;
@@ -87,6 +91,9 @@ const MAX_STEPS: usize = 100;
 const KEEP_FINISHED_JOBS: usize = 10_000;
 const MAX_LABELS: usize = 32;
 const MAX_TEXT: usize = 4096;
+const MAX_ARTIFACT_PATTERNS: usize = 32;
+/// Artifacts one job may report.
+pub const MAX_ARTIFACTS: usize = 1000;
 
 impl JobSpec {
     fn validate(&self) -> Result<(), RunnerError> {
@@ -121,6 +128,13 @@ impl JobSpec {
         {
             return invalid("environment names are non-empty, without '=' or NUL");
         }
+        if self.artifacts.len() > MAX_ARTIFACT_PATTERNS
+            || self.artifacts.iter().any(|p| !is_relative_path(p))
+        {
+            return invalid(
+                "at most 32 artifact patterns, each a relative path without '..' of up to 1024 bytes",
+            );
+        }
         Ok(())
     }
 }
@@ -152,6 +166,38 @@ pub struct StepOutcome {
     pub output_tail: String,
 }
 
+/// A relative path of at most 1024 bytes that stays inside the directory it is relative to.
+fn is_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 1024
+        && !path.contains('\0')
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && path.split('/').all(|part| part != "..")
+}
+
+/// A file a job produced, as its runner describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+impl Artifact {
+    fn validate(&self) -> Result<(), RunnerError> {
+        let hex = self.sha256.len() == 64 && self.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_relative_path(&self.path) && hex {
+            Ok(())
+        } else {
+            Err(RunnerError::Invalid(
+                "an artifact has a relative path without '..' and a 64-digit hex sha256".into(),
+            ))
+        }
+    }
+}
+
 /// A job as plugins and the API see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobState {
@@ -161,6 +207,7 @@ pub struct JobState {
     pub runner_id: Option<String>,
     pub deliveries: u32,
     pub steps: Vec<StepOutcome>,
+    pub artifacts: Vec<Artifact>,
 }
 
 /// A runner as the API shows it.
@@ -186,7 +233,7 @@ pub struct Registered {
 }
 
 /// A job handed to a runner.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lease {
     pub job_id: String,
     pub task_id: String,
@@ -196,7 +243,7 @@ pub struct Lease {
 }
 
 /// What the host tells a runner at a heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     /// Jobs to stop: cancelled by their task, or no longer leased to this runner.
     pub stop: Vec<String>,
@@ -224,6 +271,7 @@ struct Job {
     lease_until: Option<Instant>,
     deliveries: u32,
     steps: Vec<StepOutcome>,
+    artifacts: Vec<Artifact>,
     cancel_requested: bool,
     /// The owning run's secret values, masked out of what the runner reports.
     secrets: Arc<Vec<String>>,
@@ -246,6 +294,7 @@ impl Job {
             runner_id: self.runner_id.clone(),
             deliveries: self.deliveries,
             steps: self.steps.clone(),
+            artifacts: self.artifacts.clone(),
         }
     }
 
@@ -463,6 +512,7 @@ impl Runners {
             lease_until: None,
             deliveries: 0,
             steps: Vec::new(),
+            artifacts: Vec::new(),
             cancel_requested: false,
             secrets: Arc::new(secrets),
             changed,
@@ -586,20 +636,41 @@ impl Runners {
         })
     }
 
+    /// The task a job belongs to and its secrets, whatever the job's state.
+    pub fn job_context(&self, job_id: &str) -> Result<JobContext, RunnerError> {
+        let state = lock(&self.state);
+        let job = state
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| RunnerError::UnknownJob(job_id.to_owned()))?;
+        Ok(JobContext {
+            task_id: job.task_id.clone(),
+            secrets: job.secrets.clone(),
+        })
+    }
+
     /// Ends a job with the runner's outcome.
     pub fn finish(
         &self,
         runner_id: &str,
         job_id: &str,
         status: JobStatus,
+        artifacts: Vec<Artifact>,
     ) -> Result<JobState, RunnerError> {
         if !status.is_terminal() || status == JobStatus::Lost {
             return Err(RunnerError::Invalid(
                 "a runner ends a job as succeeded, failed, cancelled or timed_out".into(),
             ));
         }
+        if artifacts.len() > MAX_ARTIFACTS {
+            return Err(RunnerError::Invalid(format!(
+                "a job reports at most {MAX_ARTIFACTS} artifacts"
+            )));
+        }
+        artifacts.iter().try_for_each(Artifact::validate)?;
         let mut state = lock(&self.state);
         let job = Self::leased_job(&mut state, runner_id, job_id)?;
+        job.artifacts = artifacts;
         job.set_status(status);
         Ok(job.state())
     }
@@ -760,6 +831,7 @@ mod tests {
             workdir: None,
             timeout_s: None,
             metadata: serde_json::Value::Null,
+            artifacts: Vec::new(),
         }
     }
 
@@ -819,7 +891,7 @@ mod tests {
                 .is_none()
         );
         runners
-            .finish(&rust.runner.id, &job, JobStatus::Succeeded)
+            .finish(&rust.runner.id, &job, JobStatus::Succeeded, Vec::new())
             .unwrap();
         assert!(
             runners
@@ -894,7 +966,7 @@ mod tests {
             vec![job.clone()]
         );
         assert_eq!(
-            runners.finish(&a, &job, JobStatus::Succeeded),
+            runners.finish(&a, &job, JobStatus::Succeeded, Vec::new()),
             Err(RunnerError::NotLeased(job.clone()))
         );
 
@@ -924,7 +996,9 @@ mod tests {
         };
         let context = runners.step_finished(&r, &job, outcome.clone()).unwrap();
         assert_eq!(context.task_id, "task");
-        runners.finish(&r, &job, JobStatus::Failed).unwrap();
+        runners
+            .finish(&r, &job, JobStatus::Failed, Vec::new())
+            .unwrap();
         let state = waiter.await.unwrap().unwrap();
         assert_eq!(state.status, JobStatus::Failed);
         assert_eq!(state.steps, vec![outcome]);
@@ -949,7 +1023,9 @@ mod tests {
                 .stop,
             vec![running.clone()]
         );
-        runners.finish(&r, &running, JobStatus::Cancelled).unwrap();
+        runners
+            .finish(&r, &running, JobStatus::Cancelled, Vec::new())
+            .unwrap();
         assert_eq!(runners.job(&running).unwrap().status, JobStatus::Cancelled);
     }
 

@@ -45,7 +45,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use bindings::taskhost::plugin::reporting::{LogLevel, Progress};
 pub use bindings::taskhost::plugin::runners::{
-    JobRequest, JobState, JobStatus, JobStep, RunnerInfo, StepOutcome,
+    Artifact, JobRequest, JobState, JobStatus, JobStep, RunnerInfo, StepOutcome,
 };
 pub use bindings::taskhost::plugin::tasks::{SpawnRequest, TaskState};
 pub use bindings::taskhost::plugin::types::{ErrorKind, HostError, TaskError as GuestTaskError};

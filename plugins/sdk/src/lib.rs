@@ -260,6 +260,21 @@ pub mod progress {
 
 pub use progress::Progress;
 
+/// The strings of a JSON array (other items and non-arrays give nothing): for input fields
+/// whose schema already says "list of strings".
+pub fn string_list(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Lines in the task's log.
 pub mod log {
     use super::imports::reporting::{LogLevel, log};
@@ -379,12 +394,18 @@ pub mod tasks {
     }
 }
 
-/// Work delegated to registered runners.
+/// Work that runs outside the sandbox, on registered runners: find one, dispatch a job,
+/// follow it. [`runners::delegate`] does all three the way a task should: it waits
+/// (checkpointing, so cancel and pause work) while no runner matches, and reports as the job
+/// moves.
 pub mod runners {
     pub use super::imports::runners::{
-        JobRequest, JobState, JobStatus, JobStep, RunnerInfo, StepOutcome,
+        Artifact, JobRequest, JobState, JobStatus, JobStep, RunnerInfo, StepOutcome,
     };
-    use super::{HostError, imports::runners};
+    use super::{
+        HostError, Progress, TaskError, Value, checkpoint, imports::runners, json, log, sleep,
+        string_list,
+    };
 
     pub fn list(labels: &[String]) -> Result<Vec<RunnerInfo>, HostError> {
         runners::list_runners(labels)
@@ -397,6 +418,171 @@ pub mod runners {
     }
     pub fn cancel(id: &str) -> Result<(), HostError> {
         runners::cancel_job(id)
+    }
+
+    /// JSON Schema of a step list as task inputs take it:
+    /// `[{"name", "run": [program, args...], "timeout_s"}]`.
+    pub fn steps_schema(max_steps: u32) -> Value {
+        json!({
+            "type": "array",
+            "maxItems": max_steps,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 512},
+                    "run": {"type": "array", "minItems": 1, "items": {"type": "string", "maxLength": 4096}},
+                    "timeout_s": {"type": "integer", "minimum": 1, "maximum": 604_800},
+                },
+                "required": ["name", "run"],
+                "additionalProperties": false,
+            },
+        })
+    }
+
+    /// The steps of an input's step list (see [`steps_schema`]); `field` names it in errors.
+    pub fn steps_from(value: &Value, field: &str) -> Result<Vec<JobStep>, TaskError> {
+        let Some(list) = value.as_array() else {
+            return Ok(Vec::new());
+        };
+        list.iter()
+            .map(|step| {
+                let command = string_list(&step["run"]);
+                if command.first().is_none_or(|program| program.is_empty()) {
+                    return Err(TaskError::invalid_input(format!(
+                        "every step in {field} has a run list naming a program"
+                    )));
+                }
+                Ok(JobStep {
+                    name: step["name"].as_str().unwrap_or("step").to_owned(),
+                    command,
+                    timeout_s: step["timeout_s"]
+                        .as_u64()
+                        .and_then(|t| u32::try_from(t).ok()),
+                })
+            })
+            .collect()
+    }
+
+    /// A job's environment from an input's `{"NAME": "value"}` object.
+    pub fn env_from(value: &Value) -> Vec<(String, String)> {
+        value
+            .as_object()
+            .map(|vars| {
+                vars.iter()
+                    .filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How long one wait for the job lasts before [`delegate`] checks for cancellation.
+    const WAIT_SLICE_MS: u32 = 2000;
+    const NO_RUNNER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The least loaded online runner carrying every label, if any.
+    pub fn pick(labels: &[String]) -> Result<Option<RunnerInfo>, HostError> {
+        let mut online: Vec<RunnerInfo> = list(labels)?.into_iter().filter(|r| r.online).collect();
+        online.sort_by(|a, b| {
+            let load = |r: &RunnerInfo| f64::from(r.running_jobs) / f64::from(r.capacity.max(1));
+            load(a).total_cmp(&load(b))
+        });
+        Ok(online.into_iter().next())
+    }
+
+    /// The status as the API spells it.
+    pub fn status_name(status: JobStatus) -> &'static str {
+        match status {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Lost => "lost",
+        }
+    }
+
+    /// Runs `job` on a runner carrying its labels and returns the job's final state.
+    ///
+    /// While no online runner matches, the task's current step says what it waits for; the
+    /// wait is bounded by the task's own timeout. `observe` sees the job each time its runner
+    /// or its count of finished steps changes (a redelivered job shows its new runner).
+    pub fn delegate(
+        job: &JobRequest,
+        mut observe: impl FnMut(&JobState),
+    ) -> Result<JobState, TaskError> {
+        let total_steps = job.steps.len() as u64;
+        let mut announced = false;
+        let chosen = loop {
+            checkpoint()?;
+            if let Some(runner) = pick(&job.labels)? {
+                break runner;
+            }
+            if !announced {
+                announced = true;
+                let wanted = if job.labels.is_empty() {
+                    "any runner".to_owned()
+                } else {
+                    format!("a runner with labels {}", job.labels.join(", "))
+                };
+                Progress::new()
+                    .step(&format!("Waiting for {wanted}"))
+                    .processed(0)
+                    .total(total_steps)
+                    .report();
+                log::info(&format!("no online runner matches; waiting for {wanted}"));
+            }
+            sleep(NO_RUNNER_POLL)?;
+        };
+        let id = dispatch(job)?;
+        log::info(&format!(
+            "job {id} dispatched; {} ({}) is the least loaded matching runner",
+            chosen.name, chosen.id
+        ));
+        let mut last = (None, usize::MAX);
+        loop {
+            checkpoint()?;
+            let state = wait(&id, WAIT_SLICE_MS)?;
+            let shown = (state.runner_id.clone(), state.steps.len());
+            if shown != last {
+                observe(&state);
+                last = shown;
+            }
+            if !matches!(state.status, JobStatus::Queued | JobStatus::Running) {
+                return Ok(state);
+            }
+        }
+    }
+
+    /// The task error for a job that did not succeed: a failed step, a timeout or a
+    /// cancellation are final; a job lost after every redelivery may be retried.
+    pub fn failure(state: &JobState) -> Option<TaskError> {
+        match state.status {
+            JobStatus::Succeeded | JobStatus::Queued | JobStatus::Running => None,
+            JobStatus::Failed => {
+                let failed = state
+                    .steps
+                    .iter()
+                    .find(|s| s.exit_code != Some(0))
+                    .map(|s| match s.exit_code {
+                        Some(code) => format!("step {} exited with {code}", s.name),
+                        None => format!("step {} was killed or did not start", s.name),
+                    })
+                    .unwrap_or_else(|| "the runner reported a failure".to_owned());
+                Some(TaskError::fatal("JOB_FAILED", failed))
+            }
+            JobStatus::TimedOut => Some(TaskError::fatal(
+                "JOB_TIMED_OUT",
+                "the job ran out of time on the runner",
+            )),
+            JobStatus::Cancelled => {
+                Some(TaskError::fatal("JOB_CANCELLED", "the job was cancelled"))
+            }
+            JobStatus::Lost => Some(TaskError::retryable(
+                "JOB_LOST",
+                "every runner that took the job stopped answering",
+            )),
+        }
     }
 }
 

@@ -1,0 +1,176 @@
+//! The `taskhost-runner` binary against a real host: it registers, takes only jobs whose
+//! labels it carries, runs their steps as processes and reports output, artifacts and the
+//! outcome; a runner killed mid-job loses the job to another; a host restart costs it nothing
+//! but a new registration.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{RunnerProcess, TestServer};
+
+fn delegate(labels: &[&str], steps: Value, artifacts: &[&str]) -> Value {
+    json!({
+        "plugin": "runner",
+        "type": "delegate",
+        "input": {
+            "repository": "owner/repo",
+            "job_id": 42,
+            "job_name": "Build and Test",
+            "labels": labels,
+            "steps": steps,
+            "artifacts": artifacts,
+        },
+    })
+}
+
+/// Waits (up to 60 s) until the task's log holds `text`.
+async fn log_shows(server: &TestServer, id: &str, text: &str) {
+    let start = Instant::now();
+    loop {
+        if server.logs(id).await.contains(text) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the task's log never showed {text:?}: {}",
+            server.logs(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_runner_binary_runs_a_delegated_job_on_the_runner_whose_labels_match() {
+    let server = TestServer::start().await;
+    let key = server.runner_key().await;
+    let plain = RunnerProcess::spawn(&server, &key, "plain", &["linux"]);
+    let rusty = RunnerProcess::spawn(&server, &key, "rusty", &["linux", "rust"]);
+    let rusty_id = rusty.id(&server).await;
+    plain.id(&server).await;
+
+    let steps = json!([
+        {"name": "hello", "run": ["sh", "-c",
+            "echo hello from job $TASKHOST_JOB_ID; echo key=${TASKHOST_API_KEY:-none}; echo to-stderr >&2"]},
+        {"name": "package", "run": ["sh", "-c", "mkdir -p out && printf abc > out/report.txt"]},
+    ]);
+    let api = server.api();
+    let task = api.create(delegate(&["rust"], steps, &["out/*.txt"])).await;
+    let id = task["id"].as_str().unwrap();
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["result"];
+    assert_eq!(result["runner_id"], rusty_id.as_str(), "{result}");
+    assert_eq!(result["status"], "succeeded");
+    let hello = &result["steps"][0];
+    assert_eq!(hello["exit_code"], 0);
+    let tail = hello["output_tail"].as_str().unwrap();
+    let job = result["delegation_id"].as_str().unwrap();
+    assert!(tail.contains(&format!("hello from job {job}")), "{tail}");
+    assert!(tail.contains("to-stderr"), "{tail}");
+    assert!(
+        tail.contains("key=none"),
+        "the runner's API key is not passed to steps: {tail}"
+    );
+    assert_eq!(result["steps"][1]["exit_code"], 0);
+    assert_eq!(
+        result["artifacts"],
+        json!([{
+            "path": "out/report.txt",
+            "size_bytes": 3,
+            "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        }])
+    );
+
+    let logs = server.logs(id).await;
+    for line in [
+        format!("hello from job {job}"),
+        "to-stderr".to_owned(),
+        "artifact out/report.txt (3 bytes".to_owned(),
+    ] {
+        assert!(logs.contains(&line), "{line:?} not in the log: {logs}");
+    }
+    assert!(!logs.contains(&key), "the API key leaked into the log");
+    assert!(
+        !plain.log().contains("job started"),
+        "the runner without the rust label took no job: {}",
+        plain.log()
+    );
+}
+
+#[tokio::test]
+async fn killing_a_runner_mid_job_puts_the_job_back_and_another_runner_finishes_it() {
+    let server = TestServer::builder()
+        .config(|c| {
+            c.runners.lease_s = 2;
+            c.runners.heartbeat_interval_s = 1;
+        })
+        .start()
+        .await;
+    let key = server.runner_key().await;
+    let mut first = RunnerProcess::spawn(&server, &key, "first", &["linux"]);
+    let first_id = first.id(&server).await;
+
+    let steps = json!([{"name": "work", "run": ["sh", "-c",
+        "echo started delivery in $TASKHOST_JOB_DIR; sleep 3; echo work finished"]}]);
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], steps, &[])).await;
+    let id = task["id"].as_str().unwrap();
+    log_shows(&server, id, "started delivery in").await;
+    first.kill9();
+
+    let second = RunnerProcess::spawn(&server, &key, "second", &["linux"]);
+    let second_id = second.id(&server).await;
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["runner_id"], second_id.as_str());
+    assert_ne!(first_id, second_id);
+    let tail = done["result"]["steps"][0]["output_tail"].as_str().unwrap();
+    assert!(tail.contains("work finished"), "{tail}");
+    // Each delivery ran in its own directory, named after the delivery.
+    let logs = server.logs(id).await;
+    assert_eq!(
+        logs.matches("started delivery in /").count(),
+        2,
+        "two deliveries: {logs}"
+    );
+    let job = done["result"]["delegation_id"].as_str().unwrap();
+    for delivery in [1, 2] {
+        assert!(logs.contains(&format!("{job}-{delivery}")), "{logs}");
+    }
+    assert!(second.log().contains("job finished"), "{}", second.log());
+}
+
+#[tokio::test]
+async fn a_runner_registers_again_after_the_host_restarts_and_goes_on_taking_jobs() {
+    let server = TestServer::builder()
+        .config(|c| c.runners.heartbeat_interval_s = 1)
+        .start()
+        .await;
+    let key = server.runner_key().await;
+    let runner = RunnerProcess::spawn(&server, &key, "steady", &["linux"]);
+    let before = runner.id(&server).await;
+    let steps = json!([{"name": "echo", "run": ["echo", "ran"]}]);
+    let id = server
+        .api()
+        .create(delegate(&["linux"], steps.clone(), &[]))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = server.api().finished(&id).await;
+    assert_eq!(done["result"]["runner_id"], before.as_str(), "{done}");
+
+    let server = server.restart().await;
+    let task = server.api().create(delegate(&["linux"], steps, &[])).await;
+    let done = server.api().finished(task["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let after = runner.id(&server).await;
+    assert_ne!(after, before, "a new registration after the restart");
+    assert_eq!(done["result"]["runner_id"], after.as_str());
+    assert!(
+        runner.log().contains("registering again"),
+        "{}",
+        runner.log()
+    );
+}
