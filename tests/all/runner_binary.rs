@@ -174,3 +174,109 @@ async fn a_runner_registers_again_after_the_host_restarts_and_goes_on_taking_job
         runner.log()
     );
 }
+
+/// Whether the process is gone (or a zombie nobody has reaped yet: it runs no more).
+fn process_ended(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// The number a step printed after `label`, from the task's log (waits up to 60 s). The
+/// command line is logged too, with `$$` or `$!` where the number will be.
+async fn logged_pid(server: &TestServer, id: &str, label: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let logs = server.logs(id).await;
+        let pid: String = logs
+            .rfind(label)
+            .map(|at| {
+                logs[at + label.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !pid.is_empty() {
+            return pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no {label:?} in the log: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn until_ended(pid: &str) {
+    let start = Instant::now();
+    while !process_ended(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "process {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_step_past_its_timeout_is_killed_with_what_it_started_and_the_task_fails_timed_out() {
+    let server = TestServer::start().await;
+    let key = server.runner_key().await;
+    let _runner = RunnerProcess::spawn(&server, &key, "timer", &["linux"]);
+    let steps = json!([{"name": "hang", "timeout_s": 1, "run": ["sh", "-c",
+        "sleep 120 & echo background pid $!; wait"]}]);
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], steps, &[])).await;
+    let id = task["id"].as_str().unwrap();
+    let background = logged_pid(&server, id, "background pid ").await;
+
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "JOB_TIMED_OUT", "{done}");
+    until_ended(&background).await;
+    assert!(
+        server
+            .logs(id)
+            .await
+            .contains("step hang ended without an exit code")
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_delegated_task_stops_its_process_on_the_runner() {
+    let server = TestServer::builder()
+        .config(|c| c.runners.heartbeat_interval_s = 1)
+        .start()
+        .await;
+    let key = server.runner_key().await;
+    let runner = RunnerProcess::spawn(&server, &key, "stoppable", &["linux"]);
+    let steps = json!([{"name": "long", "run": ["sh", "-c", "echo shell pid $$; exec sleep 120"]}]);
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], steps, &[])).await;
+    let id = task["id"].as_str().unwrap();
+    let pid = logged_pid(&server, id, "shell pid ").await;
+
+    let (status, cancelled) = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tasks/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{cancelled}");
+    until_ended(&pid).await;
+    let start = Instant::now();
+    while !runner.log().contains("status=Cancelled") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the runner did not report the job cancelled: {}",
+            runner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.task(id).await["status"], "cancelled");
+}

@@ -253,11 +253,19 @@ impl Agent {
     /// Heartbeats at the host's interval, and at a third of the shortest lease while jobs run,
     /// so that no lease lapses while the runner is alive.
     async fn heartbeat_loop(self: Arc<Self>) {
-        let mut interval = Duration::from_secs(10);
+        // The registration the host's interval was learnt under; a new one beats at once to
+        // learn it again.
+        let mut learnt: Option<(String, Duration)> = None;
         loop {
+            let registration = lock(&self.registration).clone();
+            let interval = match (&registration, &learnt) {
+                (Some(current), Some((id, interval))) if current.id == *id => *interval,
+                (Some(_), _) => Duration::ZERO,
+                (None, _) => Duration::from_millis(500),
+            };
             let shortest_lease = lock(&self.running).values().map(|r| r.lease).min();
             let wait = match shortest_lease {
-                Some(lease) => interval.min(lease / 3).max(Duration::from_millis(100)),
+                Some(lease) => interval.min((lease / 3).max(Duration::from_millis(100))),
                 None => interval,
             };
             tokio::select! {
@@ -265,13 +273,14 @@ impl Agent {
                 // A job started: work out the wait again with its lease.
                 () = self.job_started.notified() => continue,
             }
-            let Some(registration) = lock(&self.registration).clone() else {
+            let Some(registration) = registration else {
                 continue;
             };
             let running = self.running_ids();
             match self.client.heartbeat(&registration, &running).await {
                 Ok(reply) => {
-                    interval = Duration::from_secs(reply.heartbeat_interval_s.max(1));
+                    let interval = Duration::from_secs(reply.heartbeat_interval_s.max(1));
+                    learnt = Some((registration.id.clone(), interval));
                     let jobs = lock(&self.running);
                     for id in &reply.stop {
                         if let Some(job) = jobs.get(id) {
@@ -281,7 +290,13 @@ impl Agent {
                     }
                 }
                 Err(ClientError::Unauthorized) => self.forget(&registration),
-                Err(e) => warn!(error = %e, "heartbeat failed"),
+                Err(e) => {
+                    warn!(error = %e, "heartbeat failed");
+                    // Not a busy loop while the host is away.
+                    if interval.is_zero() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
         }
     }

@@ -121,6 +121,7 @@ impl From<EngineError> for ApiError {
                 message,
             ),
             EngineError::Registry(e) => e.into(),
+            EngineError::Runner(e) => e.into(),
             EngineError::Storage(e) => ApiError::internal(e),
         }
     }

@@ -308,7 +308,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 same_runner(&id, &caller)?;
                 let mut outcome: StepOutcome = parse_json(&bytes)?;
                 outcome.output_tail = truncated(&outcome.output_tail, MAX_OUTPUT_TAIL);
-                s.engine.runners().step_finished(&id, &job, outcome)?;
+                s.engine.runner_step_finished(&id, &job, outcome)?;
                 Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
             })())
         },
@@ -318,20 +318,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond((|| {
                 same_runner(&id, &caller)?;
                 let finish: Finish = parse_json(&bytes)?;
-                let state =
-                    s.engine
-                        .runners()
-                        .finish(&id, &job, finish.status, finish.artifacts)?;
-                // The task's log says what the job left behind, so a client sees it without
-                // asking the runner.
-                let context = s.engine.runners().job_context(&job)?;
-                for artifact in &state.artifacts {
-                    let line = format!(
-                        "artifact {} ({} bytes, sha256 {})",
-                        artifact.path, artifact.size_bytes, artifact.sha256
-                    );
-                    s.engine.runner_log(&context, "info", &line)?;
-                }
+                let state = s
+                    .engine
+                    .runner_finish(&id, &job, finish.status, finish.artifacts)?;
                 Ok(json_reply(StatusCode::OK, &json!(state)))
             })())
         },

@@ -25,6 +25,8 @@ pub enum EngineError {
     Unavailable(String),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Runner(#[from] crate::runners::RunnerError),
     /// A fault of the host; logged, never shown to clients.
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),

@@ -36,7 +36,7 @@ use crate::model::{
     TaskStatus,
 };
 use crate::registry::{LoadedPlugin, PluginRegistry};
-use crate::runners::{JobContext, Runners};
+use crate::runners::{Artifact, JobContext, JobState, JobStatus, Runners, StepOutcome};
 use crate::runtime::{Grants, TaskControl, TaskFailure};
 use crate::storage::{Durability, Storage, StorageError, TaskQuery};
 use scheduler::Scheduler;
@@ -255,6 +255,65 @@ impl Engine {
             .storage
             .append_log(&task, level, &redact(line, &job.secrets))?;
         Ok(())
+    }
+
+    /// Records a step a runner finished, on the job and as a line in the task's log.
+    pub fn runner_step_finished(
+        &self,
+        runner_id: &str,
+        job_id: &str,
+        outcome: StepOutcome,
+    ) -> Result<(), EngineError> {
+        let line = match outcome.exit_code {
+            Some(code) => format!(
+                "step {} exited with {code} after {} ms",
+                outcome.name, outcome.duration_ms
+            ),
+            None => format!(
+                "step {} ended without an exit code (killed, timed out or not started) after {} ms",
+                outcome.name, outcome.duration_ms
+            ),
+        };
+        let level = if outcome.exit_code == Some(0) {
+            "info"
+        } else {
+            "warn"
+        };
+        let context = self
+            .inner
+            .runners
+            .step_finished(runner_id, job_id, outcome)?;
+        self.runner_log(&context, level, &line)
+    }
+
+    /// Ends a job with its runner's outcome; the task's log says how it ended and lists what
+    /// the job left behind, so a client sees it without asking the runner.
+    pub fn runner_finish(
+        &self,
+        runner_id: &str,
+        job_id: &str,
+        status: JobStatus,
+        artifacts: Vec<Artifact>,
+    ) -> Result<JobState, EngineError> {
+        let state = self
+            .inner
+            .runners
+            .finish(runner_id, job_id, status, artifacts)?;
+        let context = self.inner.runners.job_context(job_id)?;
+        for artifact in &state.artifacts {
+            let line = format!(
+                "artifact {} ({} bytes, sha256 {})",
+                artifact.path, artifact.size_bytes, artifact.sha256
+            );
+            self.runner_log(&context, "info", &line)?;
+        }
+        let status = serde_json::to_value(state.status).unwrap_or_default();
+        let line = format!(
+            "job {job_id} ended {} on runner {runner_id}",
+            status.as_str().unwrap_or("")
+        );
+        self.runner_log(&context, "info", &line)?;
+        Ok(state)
     }
 
     /// Applies a runner's progress report to the job's task (while it runs).
