@@ -30,6 +30,18 @@ impl Drop for Runners {
     }
 }
 
+/// A delegate task whose one step does nothing: what is left is the delegation's own cost.
+fn noop_task() -> serde_json::Value {
+    json!({
+        "plugin": "runner",
+        "type": "delegate",
+        "input": {
+            "repository": "bench/repo", "job_id": 1, "job_name": "noop",
+            "labels": ["bench"], "steps": [{"name": "noop", "run": ["true"]}],
+        },
+    })
+}
+
 async fn finished(client: &reqwest::Client, base: &str) -> (u64, u64) {
     let queues = send_json(client.get(format!("{base}/api/v1/queues"))).await;
     queues["data"]
@@ -104,14 +116,7 @@ fn main() {
             workers.push(tokio::spawn(async move {
                 let mut ids = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < tasks {
-                    let task = send_json(client.post(format!("{base}/api/v1/tasks")).json(&json!({
-                        "plugin": "runner",
-                        "type": "delegate",
-                        "input": {
-                            "repository": "bench/repo", "job_id": 1, "job_name": "noop",
-                            "labels": ["bench"], "steps": [{"name": "noop", "run": ["true"]}],
-                        },
-                    })))
+                    let task = send_json(client.post(format!("{base}/api/v1/tasks")).json(&noop_task()))
                     .await;
                     ids.push(task["id"].as_str().expect("id").to_owned());
                 }
@@ -161,14 +166,7 @@ fn main() {
         let rounds = if full { 100 } else { 5 };
         for _ in 0..rounds {
             let sent = Instant::now();
-            let task = send_json(client.post(format!("{base}/api/v1/tasks")).json(&json!({
-                "plugin": "runner",
-                "type": "delegate",
-                "input": {
-                    "repository": "bench/repo", "job_id": 1, "job_name": "noop",
-                    "labels": ["bench"], "steps": [{"name": "noop", "run": ["true"]}],
-                },
-            })))
+            let task = send_json(client.post(format!("{base}/api/v1/tasks")).json(&noop_task()))
             .await;
             let id = task["id"].as_str().expect("id").to_owned();
             loop {
