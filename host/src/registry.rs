@@ -16,7 +16,10 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::bundled::BUNDLED_PLUGINS;
-use crate::runtime::{CompiledPlugin, Grants, LoadError, Runtime};
+use crate::runtime::{CompiledPlugin, Grants, LoadError, RunnersGrant, Runtime};
+
+/// Bundled plugins granted `runners` unless the operator's grants say otherwise.
+const DELEGATING_PLUGINS: &[&str] = &["runner", "build"];
 
 /// Where a loaded plugin came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,7 +114,11 @@ impl PluginRegistry {
         grants: &BTreeMap<String, Grants>,
     ) -> Result<(), RegistryError> {
         for (name, bytes) in BUNDLED_PLUGINS {
-            let plugin_grants = grants.get(*name).cloned().unwrap_or_default();
+            let mut plugin_grants = grants.get(*name).cloned().unwrap_or_default();
+            // Delegating is what these two are for; an operator can still say `allow = false`.
+            if DELEGATING_PLUGINS.contains(name) && plugin_grants.runners.is_none() {
+                plugin_grants.runners = Some(RunnersGrant::allowed());
+            }
             let compiled = self.runtime.load(bytes, plugin_grants).await?;
             self.insert(compiled, PluginSource::Bundled, true)?;
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use taskhost::runtime::{Grants, RunnersGrant};
+
 use crate::harness::{Api, TestServer, assert_error, client_with_token};
 
 /// A runner driven by the test through the runner routes.
@@ -278,4 +280,52 @@ async fn runner_tokens_work_only_on_runner_routes_and_only_for_their_runner() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = one.post("/heartbeat", json!({})).await;
     assert_error(status, &body, 401, "AUTHENTICATION_REQUIRED");
+}
+
+#[tokio::test]
+async fn delegation_needs_the_runners_grant_and_keeps_to_the_granted_pool() {
+    // Switched off: the plugin may neither look for runners nor dispatch.
+    let server = TestServer::builder()
+        .plugin_grants(
+            "runner",
+            Grants {
+                runners: Some(RunnersGrant::default()),
+                ..Grants::default()
+            },
+        )
+        .start()
+        .await;
+    let _runner = HttpRunner::register(&server, "any", &["linux"]).await;
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], &["make"])).await;
+    let done = api.finished(task["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "CAPABILITY_NOT_GRANTED", "{done}");
+
+    // A pool: every job the plugin dispatches also needs the pool's label.
+    let server = TestServer::builder()
+        .plugin_grants(
+            "runner",
+            Grants {
+                runners: Some(RunnersGrant {
+                    allow: true,
+                    require_labels: vec!["pool-ci".into()],
+                }),
+                ..Grants::default()
+            },
+        )
+        .start()
+        .await;
+    let outside = HttpRunner::register(&server, "outside", &["linux"]).await;
+    let inside = HttpRunner::register(&server, "inside", &["linux", "pool-ci"]).await;
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], &["make"])).await;
+    let id = task["id"].as_str().unwrap();
+    let lease = inside
+        .claim(10_000)
+        .await
+        .expect("the pool's runner gets it");
+    assert_eq!(lease["task_id"], id);
+    assert_eq!(lease["spec"]["labels"], json!(["linux", "pool-ci"]));
+    assert!(outside.claim(500).await.is_none(), "outside the pool");
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use taskhost::registry::PluginRegistry;
 use taskhost::runtime::{
-    CompiledPlugin, FsMount, Grants, Invocation, LoadError, MemoryServices, RunOutcome, Runtime,
-    RuntimeConfig, TaskControl, codes,
+    CompiledPlugin, FsMount, Grants, Invocation, LoadError, MemoryServices, RunOutcome,
+    RunnersGrant, Runtime, RuntimeConfig, TaskControl, codes,
 };
 use warp::Filter;
 
@@ -377,9 +377,20 @@ async fn every_host_import_answers_and_stdout_reaches_the_log() {
         report["kv"]["ok"],
         json!({"read": "value", "keys": ["probe"], "after_delete": false})
     );
-    // MemoryServices has no scheduler or runners: the guest sees `unavailable`, not a trap.
+    // MemoryServices has no scheduler: the guest sees `unavailable`, not a trap.
     assert_eq!(report["spawn"]["error"], "unavailable");
-    assert_eq!(report["runners"]["error"], "unavailable");
+    // Runners are off unless granted; granted, MemoryServices has none to offer.
+    assert_eq!(report["runners"]["error"], "not-granted");
+    let granted = testkit(Grants {
+        runners: Some(RunnersGrant::allowed()),
+        ..Grants::default()
+    })
+    .await;
+    let (granted_outcome, _) = run(&granted, "host_calls", json!({})).await;
+    assert_eq!(
+        completed(granted_outcome)["runners"]["error"],
+        "unavailable"
+    );
 
     assert_eq!(
         services.record("probe", "1"),

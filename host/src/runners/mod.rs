@@ -1060,5 +1060,47 @@ mod tests {
         let mut no_program = spec(&[]);
         no_program.steps[0].command = vec![String::new()];
         assert!(runners.dispatch("t", no_program, Vec::new()).is_err());
+        for pattern in ["../secrets/*", "/etc/passwd", "a\\..\\b", ""] {
+            let mut escaping = spec(&[]);
+            escaping.artifacts = vec![pattern.into()];
+            assert!(
+                runners.dispatch("t", escaping, Vec::new()).is_err(),
+                "{pattern:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn artifacts_are_kept_only_with_a_relative_path_and_a_sha256() {
+        let runners = Runners::new(RunnerConfig::default());
+        let r = registered(&runners, "r");
+        let job = runners.dispatch("task", spec(&[]), Vec::new()).unwrap();
+        runners.claim(&r, Duration::ZERO).await.unwrap().unwrap();
+        let artifact = |path: &str, sha256: &str| Artifact {
+            path: path.into(),
+            size_bytes: 3,
+            sha256: sha256.into(),
+        };
+        let good_hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        for bad in [
+            artifact("../out.bin", good_hash),
+            artifact("/abs/out.bin", good_hash),
+            artifact("out.bin", "not-a-hash"),
+        ] {
+            assert!(matches!(
+                runners.finish(&r, &job, JobStatus::Succeeded, vec![bad]),
+                Err(RunnerError::Invalid(_))
+            ));
+        }
+        assert_eq!(runners.job(&job).unwrap().status, JobStatus::Running);
+        let state = runners
+            .finish(
+                &r,
+                &job,
+                JobStatus::Succeeded,
+                vec![artifact("dist/out.bin", good_hash)],
+            )
+            .unwrap();
+        assert_eq!(state.artifacts[0].path, "dist/out.bin");
     }
 }

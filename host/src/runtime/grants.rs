@@ -22,6 +22,33 @@ pub struct Grants {
     /// Handed to every run of the plugin as `context.config`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// Delegation to registered runners, which run whatever commands a job names: off unless
+    /// granted (the bundled `runner` and `build` plugins have it unless the operator says
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runners: Option<RunnersGrant>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnersGrant {
+    /// Whether the plugin may list runners and dispatch jobs to them.
+    #[serde(default)]
+    pub allow: bool,
+    /// Labels added to every job the plugin dispatches, so that its jobs go only to runners
+    /// carrying them (a pool set aside for it).
+    #[serde(default)]
+    pub require_labels: Vec<String>,
+}
+
+impl RunnersGrant {
+    /// Granted, with no pool.
+    pub fn allowed() -> Self {
+        Self {
+            allow: true,
+            require_labels: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -50,7 +50,7 @@ pub use bindings::taskhost::plugin::runners::{
 pub use bindings::taskhost::plugin::tasks::{SpawnRequest, TaskState};
 pub use bindings::taskhost::plugin::types::{ErrorKind, HostError, TaskError as GuestTaskError};
 pub use control::{Directive, TaskControl};
-pub use grants::{FsMount, Grants, GrantsError, HostPattern, HttpGrant, Limits};
+pub use grants::{FsMount, Grants, GrantsError, HostPattern, HttpGrant, Limits, RunnersGrant};
 pub use outcome::{RunOutcome, TaskFailure, codes};
 pub use plugin::{CompiledPlugin, Invocation, LoadError, PluginInfo, TaskTypeInfo};
 pub use services::{MemoryServices, TaskServices, host_error};
