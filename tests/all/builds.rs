@@ -22,6 +22,22 @@ fn build(project: &str, framework: &str, source: &Path, extra: Value) -> Value {
     })
 }
 
+/// A host with one registered `taskhost-runner` carrying `labels`.
+async fn host_with_runner(name: &str, labels: &[&str]) -> (TestServer, RunnerProcess, String) {
+    let server = TestServer::start().await;
+    let key = server.runner_key().await;
+    let runner = RunnerProcess::spawn(&server, &key, name, labels);
+    let id = runner.id(&server).await;
+    (server, runner, id)
+}
+
+fn step_names(result: &Value) -> Vec<&str> {
+    result["steps"]
+        .as_array()
+        .map(|steps| steps.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 fn write(root: &Path, files: &[(&str, &str)]) {
     for (path, text) in files {
         let path = root.join(path);
@@ -60,10 +76,7 @@ async fn a_cargo_build_of_a_tiny_crate_reports_its_real_test_counts() {
             ),
         ],
     );
-    let server = TestServer::start().await;
-    let key = server.runner_key().await;
-    let runner = RunnerProcess::spawn(&server, &key, "rust-box", &["rust"]);
-    let runner_id = runner.id(&server).await;
+    let (server, runner, runner_id) = host_with_runner("rust-box", &["rust"]).await;
 
     let api = server.api();
     let task = api
@@ -87,13 +100,7 @@ async fn a_cargo_build_of_a_tiny_crate_reports_its_real_test_counts() {
     assert_eq!(result["tests_skipped"], 1);
     assert_eq!(result["tests_total"], 5);
     assert_eq!(result["test_coverage"], Value::Null);
-    let steps: Vec<&str> = result["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(steps, ["build", "test"]);
+    assert_eq!(step_names(result), ["build", "test"]);
     assert_eq!(
         result["generated_files"],
         json!(["target/debug/libtiny.rlib"])
@@ -145,10 +152,7 @@ async fn a_pytest_build_reports_failed_tests_then_passes_once_they_are_fixed() {
             ("test_calc.py", &CALC_TESTS.replace("BROKEN", "0.8")),
         ],
     );
-    let server = TestServer::start().await;
-    let key = server.runner_key().await;
-    let runner = RunnerProcess::spawn(&server, &key, "py-box", &["python"]);
-    runner.id(&server).await;
+    let (server, runner, _) = host_with_runner("py-box", &["python"]).await;
     let api = server.api();
 
     let task = api
@@ -185,6 +189,39 @@ async fn a_pytest_build_reports_failed_tests_then_passes_once_they_are_fixed() {
     assert_eq!(result["tests_passed"], 4, "{result}");
     assert_eq!(result["tests_failed"], 0);
     assert_eq!(result["tests_skipped"], 1);
+}
+
+#[tokio::test]
+async fn an_npm_build_runs_the_package_test_script_and_reports_node_test_counts() {
+    let source = tempfile::tempdir().unwrap();
+    write(
+        source.path(),
+        &[
+            (
+                "package.json",
+                r#"{"name": "tiny-js", "version": "1.0.0", "private": true, "scripts": {"test": "node --test"}}"#,
+            ),
+            (
+                "test/add.test.js",
+                "const test = require('node:test');\nconst assert = require('node:assert');\n\
+                 test('adds', () => assert.strictEqual(1 + 1, 2));\n\
+                 test('adds again', () => assert.strictEqual(2 + 2, 4));\n\
+                 test('later', { skip: true }, () => {});\n",
+            ),
+        ],
+    );
+    let (server, runner, _) = host_with_runner("node-box", &["node"]).await;
+    let api = server.api();
+    let task = api
+        .create(build("tiny-js", "npm", source.path(), json!({})))
+        .await;
+    let done = api.finished(task["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", runner.log());
+    let result = &done["result"];
+    assert_eq!(result["tests_passed"], 2, "{result}");
+    assert_eq!(result["tests_failed"], 0);
+    assert_eq!(result["tests_skipped"], 1);
+    assert_eq!(step_names(result), ["install", "test"]);
 }
 
 #[tokio::test]

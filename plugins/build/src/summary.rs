@@ -8,7 +8,8 @@
 //!   rulers); `error`/`errors` count as failed, `xfailed` as skipped, `xpassed` as passed.
 //! - go test -v: one `--- PASS:`/`--- FAIL:`/`--- SKIP:` line per test and subtest.
 //! - npm: Jest/Vitest `Tests:  1 failed, 3 passed, 4 total`, Mocha `3 passing` / `1 failing`
-//!   / `2 pending`, node:test and TAP `# pass 3` / `# fail 1` / `# skip 2`.
+//!   / `2 pending`, node:test and TAP `# pass 3` / `# fail 1` / `# skipped 2` (node:test's
+//!   `# cancelled` counts as failed).
 //!
 //! Coverage: pytest-cov's `TOTAL … 87%`, `go test -cover`'s `coverage: 85.0% of statements`
 //! (the mean over packages), Jest's `All files | 87.5 |` and cargo-llvm-cov/tarpaulin's
@@ -181,8 +182,8 @@ fn npm(output: &str) -> Option<TestCounts> {
         };
         match word {
             "passing" | "pass" => found.passed += n,
-            "failing" | "fail" => found.failed += n,
-            "pending" | "skip" | "todo" => found.skipped += n,
+            "failing" | "fail" | "cancelled" => found.failed += n,
+            "pending" | "skip" | "skipped" | "todo" => found.skipped += n,
             _ => continue,
         }
         any = true;
@@ -290,6 +291,13 @@ mod tests {
         assert_eq!(
             tests(Format::Npm, "# tests 4\n# pass 3\n# fail 1\n# skipped 0\n"),
             counts(3, 1, 0)
+        );
+        assert_eq!(
+            tests(
+                Format::Npm,
+                "1..4\n# tests 4\n# suites 0\n# pass 2\n# fail 0\n# cancelled 1\n# skipped 1\n# todo 0\n"
+            ),
+            counts(2, 1, 1)
         );
         assert_eq!(tests(Format::Any, "# pass 2\n"), counts(2, 0, 0));
     }
