@@ -280,3 +280,25 @@ async fn cancelling_a_delegated_task_stops_its_process_on_the_runner() {
     }
     assert_eq!(api.task(id).await["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn a_process_a_step_leaves_running_serves_later_steps_and_ends_with_the_job() {
+    let server = TestServer::start().await;
+    let key = server.runner_key().await;
+    let _runner = RunnerProcess::spawn(&server, &key, "services", &["linux"]);
+    let steps = json!([
+        {"name": "start server", "run": ["sh", "-c",
+            "sleep 120 & echo $! > server.pid; echo server pid $!"]},
+        {"name": "use server", "run": ["sh", "-c",
+            "kill -0 $(cat server.pid) && echo server still up"]},
+    ]);
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], steps, &[])).await;
+    let id = task["id"].as_str().unwrap();
+    let pid = logged_pid(&server, id, "server pid ").await;
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let tail = done["result"]["steps"][1]["output_tail"].as_str().unwrap();
+    assert!(tail.contains("server still up"), "{tail}");
+    until_ended(&pid).await;
+}

@@ -25,8 +25,9 @@ const LOG_BATCH_LINES: usize = 500;
 const LOG_BATCH_DELAY: Duration = Duration::from_millis(200);
 /// Between SIGTERM and SIGKILL when a step must end.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long output may go on arriving after a step's process exited (from what it left
-/// running in the background) before the step's process group is killed.
+/// How long a step's output may go on arriving after its process exited before the next step
+/// starts. What it left running in the background (a server for the tests of a later step,
+/// say) keeps its output flowing to the log until the job ends, when its group is killed.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// Attempts at the final report while the host is unavailable.
 const FINISH_ATTEMPTS: u32 = 10;
@@ -54,6 +55,9 @@ pub struct JobRun {
     pub lease: Lease,
     pub settings: JobSettings,
     pub stop: watch::Receiver<Option<Stop>>,
+    /// Process groups of finished steps that left processes running, with their output
+    /// readers: ended when the job ends.
+    pub leftovers: Vec<(Option<u32>, Vec<tokio::task::JoinHandle<()>>)>,
 }
 
 enum StepEnd {
@@ -78,6 +82,7 @@ impl JobRun {
         let (logs, log_sender) =
             LogSender::start(self.client.clone(), self.registration.clone(), job.clone());
         let status = self.run_steps(&dir, &logs).await;
+        self.end_leftovers().await;
         // Every line is at the host before the job is reported finished.
         drop(logs);
         let lost_lease = log_sender.await.unwrap_or(false);
@@ -286,22 +291,29 @@ impl JobRun {
         if !matches!(end, StepEnd::Exited(_)) {
             end_process_group(&mut child, group).await;
         }
-        // Output still in the pipes arrives; what the step left running does not hold it up.
+        let readers: Vec<_> = readers.into_iter().flatten().collect();
         let drained = tokio::time::timeout(OUTPUT_DRAIN, async {
-            for reader in readers.iter().flatten() {
-                while !reader.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            while readers.iter().any(|reader| !reader.is_finished()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
         if drained.is_err() {
-            kill_group(group, Signal::Kill);
-        }
-        for reader in readers.into_iter().flatten() {
-            let _ = reader.await;
+            // Something the step started still holds its output open: let it run on.
+            self.leftovers.push((group, readers));
         }
         end
+    }
+
+    /// Ends what finished steps left running (SIGKILL to their groups) and waits for the rest
+    /// of their output.
+    async fn end_leftovers(&mut self) {
+        for (group, readers) in self.leftovers.drain(..) {
+            kill_group(group, Signal::Kill);
+            for reader in readers {
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, reader).await;
+            }
+        }
     }
 
     fn spawn(&self, step: &StepSpec, dir: &Path) -> std::io::Result<Child> {

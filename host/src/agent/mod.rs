@@ -207,6 +207,7 @@ impl Agent {
                             keep_workdirs: self.config.keep_workdirs,
                         },
                         stop: stop_signal,
+                        leftovers: Vec::new(),
                     };
                     let agent = self.clone();
                     tokio::spawn(async move {
