@@ -302,3 +302,38 @@ async fn a_process_a_step_leaves_running_serves_later_steps_and_ends_with_the_jo
     assert!(tail.contains("server still up"), "{tail}");
     until_ended(&pid).await;
 }
+
+#[tokio::test]
+async fn megabytes_of_long_output_lines_reach_the_log_without_losing_the_job() {
+    let server = TestServer::start().await;
+    let key = server.runner_key().await;
+    let runner = RunnerProcess::spawn(&server, &key, "chatty", &["linux"]);
+    // 600 lines of 10 kB: 6 MB, far past one request body; each report must stay under it.
+    let steps = json!([{"name": "chatter", "run": ["python3", "-c",
+        "for i in range(600): print('line', i, 'x' * 10000)"]}]);
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], steps, &[])).await;
+    let id = task["id"].as_str().unwrap();
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", runner.log());
+    let tail = done["result"]["steps"][0]["output_tail"].as_str().unwrap();
+    assert!(
+        tail.contains("line 599 xxxx"),
+        "the tail ends with the last line"
+    );
+    assert!(!runner.log().contains("abandoned"), "{}", runner.log());
+    assert!(!runner.log().contains("dropped"), "{}", runner.log());
+    let (_, page) = api
+        .get(&format!("/api/v1/tasks/{id}/logs?limit=1000"))
+        .await;
+    let lines = page["data"].as_array().unwrap();
+    let printed = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("line "))
+        })
+        .count();
+    assert_eq!(printed, 600, "every line is in the task's log");
+}

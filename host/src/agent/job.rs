@@ -20,8 +20,10 @@ use crate::runners::{Artifact, JobStatus, Lease, StepOutcome, StepSpec};
 /// The end of a step's combined output kept for its outcome.
 const TAIL_BYTES: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 16 * 1024;
-/// Lines sent in one log report, and how long a line may wait for others to join it.
+/// Lines sent in one log report, their bytes (well under the host's default 1 MiB body limit
+/// even when JSON escaping multiplies them), and how long a line may wait for others.
 const LOG_BATCH_LINES: usize = 500;
+const LOG_BATCH_BYTES: usize = 128 * 1024;
 const LOG_BATCH_DELAY: Duration = Duration::from_millis(200);
 /// Between SIGTERM and SIGKILL when a step must end.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -415,12 +417,15 @@ impl JobRun {
     }
 }
 
-/// Whether an error means the job is no longer this runner's to report on.
+/// Whether an error means the job is no longer this runner's to report on: the runner is
+/// unknown, or the job is gone or leased to another. Any other refusal is about the report
+/// alone (too large, say), which is dropped while the job goes on.
 fn lost(error: &ClientError) -> bool {
-    matches!(
-        error,
-        ClientError::Unauthorized | ClientError::Refused { .. }
-    )
+    match error {
+        ClientError::Unauthorized => true,
+        ClientError::Refused { status, .. } => matches!(status, 403 | 404 | 409),
+        ClientError::Unavailable(_) => false,
+    }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
@@ -515,11 +520,15 @@ impl LogSender {
         let task = tokio::spawn(async move {
             let mut lost_lease = false;
             while let Some(first) = receiver.recv().await {
+                let mut bytes = first.line.len();
                 let mut batch = vec![first];
                 let deadline = tokio::time::Instant::now() + LOG_BATCH_DELAY;
-                while batch.len() < LOG_BATCH_LINES {
+                while batch.len() < LOG_BATCH_LINES && bytes < LOG_BATCH_BYTES {
                     match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(line)) => batch.push(line),
+                        Ok(Some(line)) => {
+                            bytes += line.line.len();
+                            batch.push(line);
+                        }
                         Ok(None) | Err(_) => break,
                     }
                 }
