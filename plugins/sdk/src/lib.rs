@@ -535,8 +535,10 @@ pub mod runners {
             sleep(NO_RUNNER_POLL)?;
         };
         let id = dispatch(job)?;
+        // Runners pull jobs, so the job goes to whichever matching runner has room first;
+        // a full runner cannot claim, which is what spreads the load.
         log::info(&format!(
-            "job {id} dispatched; {} ({}) is the least loaded matching runner",
+            "job {id} queued for matching runners; least loaded now: {} ({})",
             chosen.name, chosen.id
         ));
         let mut last = (None, usize::MAX);
