@@ -68,7 +68,6 @@ const MANY_PARAMS: usize = 5;
 const MAX_LISTED: usize = 200;
 const PROGRESS_EVERY_FILES: usize = 20;
 const PROGRESS_EVERY: Duration = Duration::from_millis(1000);
-const MAX_RECORD_KEY: usize = 256;
 
 struct Analysis;
 
@@ -488,15 +487,7 @@ impl Tree {
             if file.language.is_none() && file.security.is_empty() && file.skipped.is_none() {
                 continue;
             }
-            let key = if file.path.len() <= MAX_RECORD_KEY {
-                file.path.clone()
-            } else {
-                use sha2::Digest;
-                format!(
-                    "sha256:{}",
-                    hex::encode(sha2::Sha256::digest(file.path.as_bytes()))
-                )
-            };
+            let key = records::key_for(&file.path);
             let data = json!({
                 "path": file.path,
                 "language": file.language.map(Language::name),

@@ -24,8 +24,6 @@ const READ_CHUNK: u64 = 1 << 20;
 const MAX_LISTED_FAILURES: usize = 100;
 /// How often a long read stops to honour pause and cancel.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// Longest record key the host takes.
-const MAX_RECORD_KEY: usize = 256;
 
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
@@ -143,16 +141,8 @@ impl Cadence {
     }
 }
 
-fn record_key(path: &str) -> String {
-    if path.len() <= MAX_RECORD_KEY {
-        path.to_owned()
-    } else {
-        format!("sha256:{}", hex::encode(Sha256::digest(path.as_bytes())))
-    }
-}
-
 fn emit(collection: &str, path: &str, data: &Value) {
-    if let Err(e) = records::emit(collection, &record_key(path), data) {
+    if let Err(e) = records::emit(collection, &records::key_for(path), data) {
         log::warn(&format!(
             "could not store the record of {path}: {}",
             e.message

@@ -299,6 +299,20 @@ pub mod log {
 /// Output items stored beside the task (one GitLab issue, one file's analysis...).
 pub mod records {
     use super::{HostError, imports::reporting};
+    use sha2::{Digest, Sha256};
+
+    /// The longest key the host stores.
+    pub const MAX_KEY_BYTES: usize = 256;
+
+    /// A record key for `name` (a file path, say): the name itself when it fits the host's
+    /// key limit, else `sha256:<hex>` of it (keep the name in the record's data).
+    pub fn key_for(name: &str) -> String {
+        if name.len() <= MAX_KEY_BYTES {
+            name.to_owned()
+        } else {
+            format!("sha256:{}", hex::encode(Sha256::digest(name.as_bytes())))
+        }
+    }
 
     /// Stores `data` under (`collection`, `key`); the same pair again replaces it.
     pub fn emit<T: serde::Serialize + ?Sized>(
@@ -311,6 +325,18 @@ pub mod records {
             message: format!("record is not serialisable: {e}"),
         })?;
         reporting::emit_record(collection, key, &json)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn long_names_become_their_digest() {
+            assert_eq!(super::key_for("src/main.rs"), "src/main.rs");
+            let long = "d/".repeat(200);
+            let key = super::key_for(&long);
+            assert!(key.starts_with("sha256:") && key.len() == 7 + 64, "{key}");
+            assert_eq!(key, super::key_for(&long));
+        }
     }
 }
 
