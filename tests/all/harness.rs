@@ -487,6 +487,23 @@ impl Drop for HostProcess {
     }
 }
 
+/// Asks `probe` every 50 ms until it answers `Ok`, for up to `limit`; then fails with the
+/// last `Err`, which says what never happened.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(why) => assert!(start.elapsed() < limit, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The `taskhost-runner` binary as a child process, with its own work directory and its log
 /// in a file there.
 pub struct RunnerProcess {
@@ -526,27 +543,26 @@ impl RunnerProcess {
 
     /// The id the host gave it, once it has registered (waits up to 60 s).
     pub async fn id(&self, server: &TestServer) -> String {
-        let start = Instant::now();
-        loop {
+        eventually(Duration::from_secs(60), move || async move {
             let (_, runners) = server.api().get("/api/v1/runners").await;
-            let found = runners["data"].as_array().and_then(|all| {
-                all.iter()
-                    .filter(|r| r["name"] == self.name.as_str())
-                    .filter_map(|r| r["id"].as_str())
-                    .next_back()
-                    .map(str::to_owned)
-            });
-            if let Some(id) = found {
-                return id;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "runner {} did not register; its log:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            runners["data"]
+                .as_array()
+                .and_then(|all| {
+                    all.iter()
+                        .filter(|r| r["name"] == self.name.as_str())
+                        .filter_map(|r| r["id"].as_str())
+                        .next_back()
+                        .map(str::to_owned)
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "runner {} did not register; its log:\n{}",
+                        self.name,
+                        self.log()
+                    )
+                })
+        })
+        .await
     }
 
     /// SIGKILL: the runner vanishes mid-whatever, as a crashed machine would.

@@ -3,11 +3,11 @@
 //! outcome; a runner killed mid-job loses the job to another; a host restart costs it nothing
 //! but a new registration.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{RunnerProcess, TestServer};
+use crate::harness::{RunnerProcess, TestServer, eventually};
 
 fn delegate(labels: &[&str], steps: Value, artifacts: &[&str]) -> Value {
     json!({
@@ -26,18 +26,15 @@ fn delegate(labels: &[&str], steps: Value, artifacts: &[&str]) -> Value {
 
 /// Waits (up to 60 s) until the task's log holds `text`.
 async fn log_shows(server: &TestServer, id: &str, text: &str) {
-    let start = Instant::now();
-    loop {
-        if server.logs(id).await.contains(text) {
-            return;
+    eventually(Duration::from_secs(60), move || async move {
+        let logs = server.logs(id).await;
+        if logs.contains(text) {
+            Ok(())
+        } else {
+            Err(format!("the task's log never showed {text:?}: {logs}"))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the task's log never showed {text:?}: {}",
-            server.logs(id).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -116,7 +113,7 @@ async fn killing_a_runner_mid_job_puts_the_job_back_and_another_runner_finishes_
     let api = server.api();
     let task = api.create(delegate(&["linux"], steps, &[])).await;
     let id = task["id"].as_str().unwrap();
-    log_shows(&server, id, "started delivery in").await;
+    log_shows(&server, id, "started delivery in /").await;
     first.kill9();
 
     let second = RunnerProcess::spawn(&server, &key, "second", &["linux"]);
@@ -188,8 +185,7 @@ fn process_ended(pid: &str) -> bool {
 /// The number a step printed after `label`, from the task's log (waits up to 60 s). The
 /// command line is logged too, with `$$` or `$!` where the number will be.
 async fn logged_pid(server: &TestServer, id: &str, label: &str) -> String {
-    let start = Instant::now();
-    loop {
+    eventually(Duration::from_secs(60), move || async move {
         let logs = server.logs(id).await;
         let pid: String = logs
             .rfind(label)
@@ -200,26 +196,24 @@ async fn logged_pid(server: &TestServer, id: &str, label: &str) -> String {
                     .collect()
             })
             .unwrap_or_default();
-        if !pid.is_empty() {
-            return pid;
+        if pid.is_empty() {
+            Err(format!("no {label:?} in the log: {logs}"))
+        } else {
+            Ok(pid)
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no {label:?} in the log: {logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn until_ended(pid: &str) {
-    let start = Instant::now();
-    while !process_ended(pid) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "process {pid} still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), move || async move {
+        if process_ended(pid) {
+            Ok(())
+        } else {
+            Err(format!("process {pid} still runs"))
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -269,15 +263,18 @@ async fn cancelling_a_delegated_task_stops_its_process_on_the_runner() {
         .await;
     assert_eq!(status, reqwest::StatusCode::OK, "{cancelled}");
     until_ended(&pid).await;
-    let start = Instant::now();
-    while !runner.log().contains("status=Cancelled") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the runner did not report the job cancelled: {}",
-            runner.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let runner = &runner;
+    eventually(Duration::from_secs(30), move || async move {
+        let log = runner.log();
+        if log.contains("status=Cancelled") {
+            Ok(())
+        } else {
+            Err(format!(
+                "the runner did not report the job cancelled: {log}"
+            ))
+        }
+    })
+    .await;
     assert_eq!(api.task(id).await["status"], "cancelled");
 }
 

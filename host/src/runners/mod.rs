@@ -286,6 +286,13 @@ pub struct JobContext {
 }
 
 impl Job {
+    fn context(&self) -> JobContext {
+        JobContext {
+            task_id: self.task_id.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
     fn state(&self) -> JobState {
         JobState {
             id: self.id.clone(),
@@ -618,10 +625,7 @@ impl Runners {
         job.lease_until = Some(lease);
         outcome.output_tail = crate::auth::redact(&outcome.output_tail, &job.secrets);
         job.steps.push(outcome);
-        Ok(JobContext {
-            task_id: job.task_id.clone(),
-            secrets: job.secrets.clone(),
-        })
+        Ok(job.context())
     }
 
     /// Renews the lease of a job whose runner reported on it.
@@ -630,23 +634,16 @@ impl Runners {
         let mut state = lock(&self.state);
         let job = Self::leased_job(&mut state, runner_id, job_id)?;
         job.lease_until = Some(lease);
-        Ok(JobContext {
-            task_id: job.task_id.clone(),
-            secrets: job.secrets.clone(),
-        })
+        Ok(job.context())
     }
 
     /// The task a job belongs to and its secrets, whatever the job's state.
     pub fn job_context(&self, job_id: &str) -> Result<JobContext, RunnerError> {
-        let state = lock(&self.state);
-        let job = state
+        lock(&self.state)
             .jobs
             .get(job_id)
-            .ok_or_else(|| RunnerError::UnknownJob(job_id.to_owned()))?;
-        Ok(JobContext {
-            task_id: job.task_id.clone(),
-            secrets: job.secrets.clone(),
-        })
+            .map(Job::context)
+            .ok_or_else(|| RunnerError::UnknownJob(job_id.to_owned()))
     }
 
     /// Ends a job with the runner's outcome.
@@ -685,11 +682,7 @@ impl Runners {
 
     /// The task a job belongs to.
     pub fn task_of(&self, job_id: &str) -> Result<String, RunnerError> {
-        lock(&self.state)
-            .jobs
-            .get(job_id)
-            .map(|j| j.task_id.clone())
-            .ok_or_else(|| RunnerError::UnknownJob(job_id.to_owned()))
+        self.job_context(job_id).map(|context| context.task_id)
     }
 
     /// Waits up to `timeout` for the job to end; its state either way.
