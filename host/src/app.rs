@@ -40,12 +40,32 @@ pub enum StartError {
     Secrets(#[from] SecretError),
 }
 
+/// Creates the data directory readable by this user only (keys and the database live there);
+/// an existing one that others may enter is logged, since the operator chose it.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the data directory is open to other users; chmod 700 it");
+        }
+    }
+    Ok(())
+}
+
 /// Opens storage, loads plugins and starts the engine.
 pub async fn start(mut config: Config) -> Result<AppState, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+    create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
+    config.runtime.protected_dirs = vec![config.data_dir.clone()];
     let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.database_dir())?);
     if config.runtime.cache_dir.is_none() {
         config.runtime.cache_dir = Some(config.compile_cache_dir());
@@ -104,6 +124,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(true)),
         http_requests: Arc::new(AtomicU64::new(0)),
+        followers: Arc::default(),
     })
 }
 

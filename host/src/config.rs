@@ -83,6 +83,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub cors: CorsConfig,
+    pub http: HttpConfig,
     pub streams: StreamConfig,
     pub runners: RunnerConfig,
     /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
@@ -103,10 +104,60 @@ impl Default for Config {
             auth: AuthConfig::default(),
             rate_limits: RateLimitConfig::default(),
             cors: CorsConfig::default(),
+            http: HttpConfig::default(),
             streams: StreamConfig::default(),
             runners: RunnerConfig::default(),
             plugins: BTreeMap::new(),
         }
+    }
+}
+
+/// Connections (`[http]`): how long a client may take, how many may be open, and whose
+/// `X-Forwarded-For` to believe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers. hyper starts it whenever a connection
+    /// waits for a request, so it also closes a keep-alive connection idle this long.
+    pub header_read_timeout_s: u64,
+    /// HTTP/2: ping an idle connection this often, and drop it when a ping is not answered
+    /// within the same time.
+    pub http2_keep_alive_s: u64,
+    /// Open connections at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Proxies (IP addresses) whose `X-Forwarded-For` names the client, for rate limits and
+    /// logs. The client is the rightmost address in the header that is not itself listed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_s: 30,
+            http2_keep_alive_s: 60,
+            max_connections: 10_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The client behind `peer`: `peer` itself unless it is a trusted proxy that forwarded
+    /// the request.
+    pub fn client_address(
+        &self,
+        peer: std::net::IpAddr,
+        forwarded_for: Option<&str>,
+    ) -> std::net::IpAddr {
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        forwarded_for
+            .into_iter()
+            .flat_map(|header| header.rsplit(','))
+            .filter_map(|hop| hop.trim().parse::<std::net::IpAddr>().ok())
+            .find(|hop| !self.trusted_proxies.contains(hop))
+            .unwrap_or(peer)
     }
 }
 

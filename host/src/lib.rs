@@ -22,6 +22,7 @@ pub mod bundled;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod policy;
 pub mod registry;
 pub mod runners;
 pub mod runtime;

@@ -216,6 +216,13 @@ pub struct Task {
     pub depends_on: Vec<String>,
     #[serde(default)]
     pub parent_id: Option<String>,
+    /// Users besides the owner who may report on this external task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reporters: Vec<String>,
+    /// The API key the task was created with: its children act through the same key, so a
+    /// task tree never holds more than the key that started it (never shown to clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_via: Option<String>,
     #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
     /// When a scheduled task becomes due (`run_at`, or the end of a retry's backoff).
@@ -235,8 +242,20 @@ impl Task {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
             object.remove("sealed_input");
+            object.remove("created_via");
         }
         value
+    }
+
+    /// What a named reporter gets back: the state it reports on, not the owner's input.
+    pub fn to_reporter_api(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "status": self.status,
+            "attempt": self.attempt,
+            "progress": self.progress,
+            "updated_at": timestamp::format(&self.updated_at),
+        })
     }
 }
 
@@ -413,6 +432,9 @@ pub struct ApiKeyRecord {
     pub role: Option<crate::auth::Role>,
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// With `runners:register`: the only labels a runner registered with the key may carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_labels: Option<Vec<String>>,
     #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "timestamp::option", default)]

@@ -107,6 +107,20 @@ async fn bad_requests_get_the_specs_error_format_and_change_nothing() {
     assert_error(s, &b, 404, "NOT_FOUND");
     let (s, b) = api.send(Method::PATCH, "/api/v1/tasks", None).await;
     assert_error(s, &b, 405, "METHOD_NOT_ALLOWED");
+    // A 405 says what the resource does take (RFC 9110).
+    let response = client
+        .request(Method::PATCH, server.url("/api/v1/tasks/some-id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("DELETE, GET, PUT")
+    );
 
     let malformed = client
         .post(server.url("/api/v1/tasks"))

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use taskhost::runtime::Grants;
 
-use crate::harness::{RunnerProcess, TestServer, assert_error};
+use crate::harness::{RunnerProcess, TestServer, assert_error, require_tool};
 
 fn build(project: &str, framework: &str, source: &Path, extra: Value) -> Value {
     let mut parameters = json!({"framework": framework, "source": source});
@@ -144,6 +144,7 @@ def test_later():
 
 #[tokio::test]
 async fn a_pytest_build_reports_failed_tests_then_passes_once_they_are_fixed() {
+    require_tool("python3", &["-m", "pytest", "--version"]);
     let source = tempfile::tempdir().unwrap();
     write(
         source.path(),
@@ -193,6 +194,8 @@ async fn a_pytest_build_reports_failed_tests_then_passes_once_they_are_fixed() {
 
 #[tokio::test]
 async fn an_npm_build_runs_the_package_test_script_and_reports_node_test_counts() {
+    require_tool("npm", &["--version"]);
+    require_tool("node", &["--version"]);
     let source = tempfile::tempdir().unwrap();
     write(
         source.path(),

@@ -104,6 +104,7 @@ impl TestServer {
         config.rate_limits.per_principal_per_minute = 1_000_000;
         config.rate_limits.per_ip_per_minute = 1_000_000;
         config.rate_limits.login_per_minute = 10_000;
+        config.rate_limits.login_per_user_per_minute = 10_000;
         ServerBuilder { config }
     }
 
@@ -487,6 +488,22 @@ impl Drop for HostProcess {
     }
 }
 
+/// Fails, naming the tool, when a program a test needs is not installed (`tests/run`
+/// installs them), so that a missing tool never shows up as a misleading assertion.
+pub fn require_tool(program: &str, args: &[&str]) {
+    let found = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "this test needs `{program} {}`, which is not installed here: run the tests with tests/run, which installs it",
+        args.join(" ")
+    );
+}
+
 /// Asks `probe` every 50 ms until it answers `Ok`, for up to `limit`; then fails with the
 /// last `Err`, which says what never happened.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut probe: F) -> T
@@ -515,15 +532,32 @@ pub struct RunnerProcess {
 impl RunnerProcess {
     pub fn spawn(server: &TestServer, key: &str, name: &str, labels: &[&str]) -> Self {
         let work = tempfile::tempdir().expect("runner work dir");
+        Self::spawn_in(work, server, name, labels, |command| {
+            command.env("TASKHOST_API_KEY", key);
+        })
+    }
+
+    /// Starts the runner in `work` (its log and `jobs/` go there), with `setup` adding
+    /// arguments or environment (how it gets its key, whom steps run as).
+    pub fn spawn_in(
+        work: tempfile::TempDir,
+        server: &TestServer,
+        name: &str,
+        labels: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = std::fs::File::create(work.path().join("runner.log")).expect("runner log");
-        let child = Command::new(env!("CARGO_BIN_EXE_taskhost-runner"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_taskhost-runner"));
+        command
             .arg("--url")
             .arg(server.url(""))
             .args(["--name", name, "--label", &labels.join(",")])
             .arg("--work-dir")
             .arg(work.path().join("jobs"))
-            .env("TASKHOST_API_KEY", key)
-            .env("RUST_LOG", "info")
+            .env_remove("TASKHOST_API_KEY")
+            .env("RUST_LOG", "info");
+        setup(&mut command);
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

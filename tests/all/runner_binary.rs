@@ -334,3 +334,66 @@ async fn megabytes_of_long_output_lines_reach_the_log_without_losing_the_job() {
         .count();
     assert_eq!(printed, 600, "every line is in the task's log");
 }
+
+#[tokio::test]
+async fn a_step_finds_neither_the_runners_key_nor_other_jobs_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let key = server.runner_key().await;
+    let work = tempfile::tempdir().unwrap();
+    // Steps of another user must be able to pass through to their own job directory.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let key_file = work.path().join("runner.key");
+    std::fs::write(&key_file, &key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sibling = work.path().join("jobs/an-earlier-job-1");
+    std::fs::create_dir_all(&sibling).unwrap();
+    std::fs::write(sibling.join("secret.txt"), "sibling-secret-contents").unwrap();
+    std::fs::set_permissions(&sibling, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // As root (as CI runs) the runner is told to run steps as nobody; as any other user the
+    // steps are that user, and only the environment is out of their reach.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let runner = RunnerProcess::spawn_in(work, &server, "isolated", &["linux"], |command| {
+        command.arg("--api-key-file").arg(&key_file);
+        if as_root {
+            command.args(["--run-as", "nobody"]);
+        }
+    });
+    runner.id(&server).await;
+
+    let probe = format!(
+        "echo uid=$(id -u); tr '\\0' '\\n' < /proc/$PPID/environ; cat {key}; ls $TASKHOST_JOB_DIR/..; \
+         cat $TASKHOST_JOB_DIR/../an-earlier-job-1/secret.txt; env; echo probe-done",
+        key = key_file.display()
+    );
+    let steps = json!([{"name": "probe", "run": ["sh", "-c", probe]}]);
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], steps, &[])).await;
+    let id = task["id"].as_str().unwrap();
+    let done = api.finished(id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let logs = server.logs(id).await;
+    assert!(logs.contains("probe-done"), "{logs}");
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(
+        !logs.contains(secret),
+        "a step read the runner's key: {logs}"
+    );
+    assert!(!logs.contains("TASKHOST_API_KEY"), "{logs}");
+    assert!(
+        logs.contains("TASKHOST_JOB_ID="),
+        "the job's own variables are there: {logs}"
+    );
+    if as_root {
+        assert!(logs.contains("uid=65534"), "{logs}");
+        assert!(!logs.contains("sibling-secret-contents"), "{logs}");
+        assert!(
+            !logs.contains("\"message\":\"an-earlier-job-1\""),
+            "a step listed the work directory: {logs}"
+        );
+    } else {
+        eprintln!(
+            "not root: steps run as the runner's own user; key file and sibling checks need root"
+        );
+    }
+}

@@ -360,6 +360,103 @@ async fn outbound_http_reaches_allowed_loopback_hosts_only() {
     assert_eq!(completed(outcome)["http"]["error"], "limit-exceeded");
 }
 
+/// A loopback server that answers with the request headers it got, one `name: value` a line.
+async fn header_echo() -> std::net::SocketAddr {
+    let echo = warp::header::headers_cloned().map(|headers: warp::http::HeaderMap| {
+        headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("")))
+            .collect::<String>()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(warp::serve(echo).incoming(listener).run());
+    addr
+}
+
+#[tokio::test]
+async fn internal_addresses_are_reached_only_when_listed_by_address() {
+    let addr = http_fixture().await;
+    let hello = json!({"http_url": format!("http://{addr}/hello")});
+    for allow in ["*".to_owned(), format!("localhost:{}", addr.port())] {
+        let mut grants = Grants::default();
+        grants.http.allow = vec![allow.clone()];
+        let plugin = testkit(grants).await;
+        let url = if allow == "*" {
+            format!("http://{addr}/hello")
+        } else {
+            format!("http://localhost:{}/hello", addr.port())
+        };
+        let (outcome, _) = run(&plugin, "host_calls", json!({"http_url": url})).await;
+        let report = completed(outcome);
+        assert_eq!(report["http"]["error"], "denied", "{allow}: {report}");
+        assert!(
+            report["http"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("internal address")),
+            "{report}"
+        );
+    }
+    let mut grants = Grants::default();
+    grants.http.allow = vec!["*".into(), format!("127.0.0.1:{}", addr.port())];
+    let plugin = testkit(grants).await;
+    let (outcome, _) = run(&plugin, "host_calls", hello).await;
+    assert_eq!(completed(outcome)["http"]["ok"]["status"], 200);
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_carries_no_credentials_and_a_guest_host_is_dropped() {
+    let echo = header_echo().await;
+    let target = format!("http://{echo}/");
+    let bounce = warp::any()
+        .map(move || warp::redirect::temporary(target.parse::<warp::http::Uri>().expect("uri")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let bouncer = listener.local_addr().expect("addr");
+    tokio::spawn(warp::serve(bounce).incoming(listener).run());
+
+    let mut grants = Grants::default();
+    grants.http.allow = vec![
+        format!("127.0.0.1:{}", bouncer.port()),
+        format!("127.0.0.1:{}", echo.port()),
+    ];
+    let plugin = testkit(grants).await;
+    let headers = json!({"authorization": "Bearer s3cret", "private-token": "glpat-s3cret", "host": "metadata.internal", "x-trace": "kept"});
+    let (outcome, _) = run(
+        &plugin,
+        "host_calls",
+        json!({"http_url": format!("http://{bouncer}/start"), "http_headers": headers}),
+    )
+    .await;
+    let report = completed(outcome);
+    let seen = report["http"]["ok"]["body"]
+        .as_str()
+        .expect("echoed headers");
+    assert!(seen.contains("x-trace: kept"), "{seen}");
+    assert!(
+        !seen.contains("s3cret"),
+        "credentials followed the redirect: {seen}"
+    );
+    assert!(seen.contains(&format!("host: {echo}")), "{seen}");
+
+    // On the same origin, the guest's headers arrive (its Host still does not).
+    let (outcome, _) = run(
+        &plugin,
+        "host_calls",
+        json!({"http_url": format!("http://{echo}/direct"), "http_headers": headers}),
+    )
+    .await;
+    let report = completed(outcome);
+    let seen = report["http"]["ok"]["body"]
+        .as_str()
+        .expect("echoed headers");
+    assert!(seen.contains("authorization: Bearer s3cret"), "{seen}");
+    assert!(!seen.contains("metadata.internal"), "{seen}");
+}
+
 #[tokio::test]
 async fn every_host_import_answers_and_stdout_reaches_the_log() {
     let plugin = testkit(Grants::default()).await;

@@ -3,6 +3,7 @@
 //! host, and the outcome reported step by step and at the end.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 
 use super::client::{ClientError, HostClient, LogLine, Registration};
 use super::files;
+use super::sandbox::{self, StepUser};
 use crate::runners::{Artifact, JobStatus, Lease, StepOutcome, StepSpec};
 
 /// The end of a step's combined output kept for its outcome.
@@ -49,6 +51,10 @@ pub enum Stop {
 pub struct JobSettings {
     pub work_dir: PathBuf,
     pub keep_workdirs: bool,
+    /// The user steps run as, when not the runner's own.
+    pub run_as: Option<StepUser>,
+    /// The allow-listed part of the runner's environment every step starts with.
+    pub env: Arc<Vec<(OsString, OsString)>>,
 }
 
 pub struct JobRun {
@@ -199,6 +205,7 @@ impl JobRun {
     async fn prepare(&self, dir: &Path) -> Result<(), String> {
         let dir = dir.to_path_buf();
         let source = self.lease.spec.workdir.clone().map(PathBuf::from);
+        let run_as = self.settings.run_as.clone();
         tokio::task::spawn_blocking(move || {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)
@@ -227,7 +234,8 @@ impl JobRun {
                 files::copy_tree(&source, &dir)
                     .map_err(|e| format!("could not copy {}: {e}", source.display()))?;
             }
-            Ok(())
+            sandbox::hand_over(&dir, run_as.as_ref())
+                .map_err(|e| format!("could not hand {} to the step user: {e}", dir.display()))
         })
         .await
         .map_err(|e| format!("preparing the job directory failed: {e}"))?
@@ -327,11 +335,17 @@ impl JobRun {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // The runner's own settings (its API key above all) are not the job's business.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TASKHOST_") {
-                command.env_remove(&name);
-            }
+        // The runner's own settings (its API key above all) are not the job's business: a step
+        // starts from the allow-list, never the runner's whole environment.
+        command.env_clear().envs(self.settings.env.iter().cloned());
+        #[cfg(unix)]
+        if let Some(user) = &self.settings.run_as {
+            command
+                .uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", dir)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
         }
         command
             .env("TASKHOST_JOB_ID", &self.lease.job_id)

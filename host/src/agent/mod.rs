@@ -11,6 +11,7 @@
 pub mod client;
 pub mod files;
 pub mod job;
+pub mod sandbox;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ pub struct AgentConfig {
     pub keep_workdirs: bool,
     /// How long a stopping agent lets running jobs finish before abandoning them.
     pub drain_timeout: Duration,
+    /// The user steps run as (the runner must be root); `None`: the runner's own user.
+    pub run_as: Option<sandbox::StepUser>,
+    /// Variables steps inherit from the runner's environment ([`sandbox::DEFAULT_PASS_ENV`]).
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,8 @@ struct Running {
 
 pub struct Agent {
     config: AgentConfig,
+    /// What every step's environment starts from (computed once: the allow-list applied).
+    step_env: Arc<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
     client: HostClient,
     registration: Mutex<Option<Registration>>,
     running: Mutex<HashMap<String, Running>>,
@@ -91,16 +98,25 @@ impl Agent {
         if config.capacity == 0 {
             return Err(AgentError::Setup("capacity must be at least 1".into()));
         }
-        std::fs::create_dir_all(&config.work_dir).map_err(|e| {
-            AgentError::Setup(format!(
-                "cannot create the work directory {}: {e}",
-                config.work_dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(&config.work_dir)
+            .and_then(|()| sandbox::lock_work_dir(&config.work_dir))
+            .map_err(|e| {
+                AgentError::Setup(format!(
+                    "cannot create the work directory {}: {e}",
+                    config.work_dir.display()
+                ))
+            })?;
+        if config.run_as.is_some() && !sandbox::is_root() {
+            return Err(AgentError::Setup(
+                "--run-as needs the runner to start as root".into(),
+            ));
+        }
+        let step_env = Arc::new(sandbox::step_environment(&config.pass_env));
         let client = HostClient::new(&config.url, config.api_key.clone())
             .map_err(|e| AgentError::Setup(e.to_string()))?;
         Ok(Arc::new(Self {
             config,
+            step_env,
             client,
             registration: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
@@ -205,6 +221,8 @@ impl Agent {
                         settings: JobSettings {
                             work_dir: self.config.work_dir.clone(),
                             keep_workdirs: self.config.keep_workdirs,
+                            run_as: self.config.run_as.clone(),
+                            env: self.step_env.clone(),
                         },
                         stop: stop_signal,
                         leftovers: Vec::new(),

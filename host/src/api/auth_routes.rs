@@ -34,6 +34,12 @@ fn default_role() -> Role {
     Role::User
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleChange {
+    role: Role,
+}
+
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let auth = authenticated(state.clone());
     let limit = state.config.max_body_bytes;
@@ -50,6 +56,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     let peer = request::peer().map(|ip| ip.to_string()).unwrap_or_default();
                     check_rate(&s.limits, Class::Login, &peer)?;
                     let login: LoginBody = parse_json(&b)?;
+                    // Usernames are case-sensitive, but one bucket for all spellings of a
+                    // name keeps a guesser from multiplying its allowance.
+                    check_rate(&s.limits, Class::LoginUser, &login.username.to_lowercase())?;
                     let result = s.auth.login(&login.username, &login.password).await?;
                     Ok(json_reply(StatusCode::OK, &json!(result)))
                 }
@@ -65,7 +74,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 async {
                     let request: ApiKeyRequest = parse_json(&b)?;
-                    let (record, key) = s.auth.create_api_key(&p, request)?;
+                    let (record, key) = s
+                        .auth
+                        .create_api_key(&p, request, &|plugin| s.engine.plugin_access(plugin))?;
                     let mut view = api_key_json(&record);
                     // The only time the key is shown.
                     view["key"] = json!(key);
@@ -105,8 +116,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let create_user = warp::path!("users")
         .and(warp::post())
-        .and(auth)
-        .and(with_state)
+        .and(auth.clone())
+        .and(with_state.clone())
         .and(body(limit))
         .then(|p: Principal, s: AppState, b: Bytes| async move {
             respond(async {
@@ -118,7 +129,24 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 ))
             }.await)
         });
+    let set_role = warp::path!("users" / String)
+        .and(warp::patch())
+        .and(auth.clone())
+        .and(body(limit))
+        .and(with_state.clone())
+        .then(|username: String, p: Principal, b: Bytes, s: AppState| async move {
+            respond((|| {
+                let change: RoleChange = parse_json(&b)?;
+                let user = s.auth.set_role(&p, &username, change.role)?;
+                Ok(json_reply(
+                    StatusCode::OK,
+                    &json!({"username": user.username, "role": user.role, "created_at": crate::model::timestamp::format(&user.created_at)}),
+                ))
+            })())
+        });
     login
+        .or(set_role)
+        .unify()
         .or(create_key)
         .unify()
         .or(list_keys)

@@ -147,6 +147,17 @@ impl From<AuthError> for ApiError {
                 "NOT_FOUND",
                 format!("API key {id} not found"),
             ),
+            AuthError::Busy => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMIT_EXCEEDED",
+                error.to_string(),
+            )
+            .retry_after(1),
+            AuthError::UserNotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("user {name} not found"),
+            ),
             AuthError::Storage(e) => ApiError::internal(e),
             AuthError::Setup(e) => ApiError::internal(e),
         }
@@ -185,6 +196,9 @@ impl From<RunnerError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "JOB_NOT_LEASED", error.to_string())
             }
             RunnerError::Invalid(message) => ApiError::validation(message),
+            RunnerError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+            }
         }
     }
 }
@@ -206,15 +220,35 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
             format!("no route for {} {}", request::method(), request::path()),
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            format!(
-                "{} is not allowed on {}",
-                request::method(),
-                request::path()
-            ),
-        )
+        let allowed = super::openapi::allowed_methods(&request::path());
+        if allowed.is_empty() {
+            // warp says 405 when some route's method filter was the last to refuse; a path
+            // no route serves is a 404.
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no route for {} {}", request::method(), request::path()),
+            )
+        } else {
+            let mut response = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                format!(
+                    "{} is not allowed on {}; it takes {}",
+                    request::method(),
+                    request::path(),
+                    allowed.join(", ")
+                ),
+            )
+            .into_response();
+            // RFC 9110 §15.5.6: a 405 says which methods the resource does take.
+            if let Ok(value) = warp::http::HeaderValue::from_str(&allowed.join(", ")) {
+                response
+                    .headers_mut()
+                    .insert(warp::http::header::ALLOW, value);
+            }
+            return Ok(response);
+        }
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

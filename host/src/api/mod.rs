@@ -5,6 +5,7 @@
 
 mod auth_routes;
 mod error;
+mod follow;
 pub mod openapi;
 mod plugins;
 pub mod ratelimit;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_service::Service;
 use tracing::{debug, info, warn};
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Set once storage is open, plugins are loaded and recovery is done.
     pub ready: Arc<AtomicBool>,
     pub http_requests: Arc<AtomicU64>,
+    /// Open `logs?follow=true` responses, per principal.
+    pub followers: Arc<follow::Followers>,
 }
 
 /// The request being handled: its id (echoed or made), method, path and client address, and
@@ -183,6 +186,56 @@ fn authenticate(
         )),
     };
     result.map_err(ApiError::from)
+}
+
+/// The credentials a long-lived response (a WebSocket stream, a log follower) was opened
+/// with, checked again at every heartbeat so that a revoked key or an expired token ends it.
+#[derive(Clone)]
+pub struct Credentials {
+    authorization: Option<String>,
+    api_key: Option<String>,
+}
+
+impl Credentials {
+    /// From the headers, or else (upgrades only) from `?token=` or `?api_key=`.
+    pub fn from_request(authorization: Option<String>, api_key: Option<String>, raw: &str) -> Self {
+        if authorization.is_some() || api_key.is_some() {
+            return Self {
+                authorization,
+                api_key,
+            };
+        }
+        let mut found = Self {
+            authorization: None,
+            api_key: None,
+        };
+        for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            match name.as_ref() {
+                "token" => found.authorization = Some(format!("Bearer {value}")),
+                "api_key" => found.api_key = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// The credential headers of a request (no query-string credentials).
+    pub fn from_headers() -> impl Filter<Extract = (Self,), Error = warp::Rejection> + Clone {
+        warp::header::optional::<String>("authorization")
+            .and(warp::header::optional::<String>("x-api-key"))
+            .map(|authorization, api_key| Self {
+                authorization,
+                api_key,
+            })
+    }
+
+    pub fn authenticate(&self, state: &AppState) -> Result<Principal, ApiError> {
+        authenticate(
+            state,
+            self.authorization.as_deref(),
+            self.api_key.as_deref(),
+        )
+    }
 }
 
 /// The request body as bytes, refused with 413 past `limit` (whether or not it says its
@@ -436,7 +489,21 @@ fn request_id(headers: &warp::http::HeaderMap) -> String {
 /// requests in flight finish (for up to 10 s).
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let service = warp::service(routes(state.clone()));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let http = &state.config.http;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper has no timeouts: a client sending half a request line would hold
+    // its connection forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(http.header_read_timeout_s.max(1)));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(http.http2_keep_alive_s.max(1)))
+        .keep_alive_timeout(Duration::from_secs(http.http2_keep_alive_s.max(1)));
+    let connections = Arc::new(tokio::sync::Semaphore::new(http.max_connections.max(1)));
+    let first_byte = Duration::from_secs(http.header_read_timeout_s.max(1));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -452,6 +519,12 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // At the cap: closing at once keeps descriptors for the clients already served.
+            debug!(%peer, "connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
         let service = service.clone();
         let state = state.clone();
         let handler =
@@ -459,11 +532,15 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                 let mut service = service.clone();
                 let state = state.clone();
                 state.http_requests.fetch_add(1, Ordering::Relaxed);
+                let forwarded_for = request
+                    .headers()
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok());
                 let info = Arc::new(request::RequestInfo {
                     id: request_id(request.headers()),
                     method: request.method().to_string(),
                     path: request.uri().path().to_owned(),
-                    peer: peer.ip(),
+                    peer: state.config.http.client_address(peer.ip(), forwarded_for),
                     rate: std::sync::Mutex::new(None),
                 });
                 let origin = request
@@ -505,10 +582,22 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                     Ok::<_, Infallible>(response)
                 }
             });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
-        let connection = graceful.watch(connection.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _permit = permit;
+            // hyper's header timer starts only once it knows the protocol, which takes a first
+            // byte: a client that never sends one is dropped here.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(first_byte, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                debug!(%peer, "connection closed: nothing sent");
+                return;
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -13,6 +13,26 @@ pub struct Route {
     pub response: &'static str,
 }
 
+/// The methods [`ROUTES`] serves on `path` (template segments `{x}` match any segment), for
+/// the `Allow` header of a 405.
+pub fn allowed_methods(path: &str) -> Vec<String> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut methods: Vec<String> = ROUTES
+        .iter()
+        .filter(|route| {
+            let template: Vec<&str> = route.path.split('/').collect();
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| {
+                    (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s
+                })
+        })
+        .map(|route| route.method.to_ascii_uppercase())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
 const fn route(
     method: &'static str,
     path: &'static str,
@@ -63,6 +83,14 @@ pub const ROUTES: &[Route] = &[
         200,
         None,
         "ApiKey",
+    ),
+    route(
+        "patch",
+        "/api/v1/users/{username}",
+        "Change a user's role (users:manage); applies at once to its tokens and keys",
+        200,
+        Some("RoleChange"),
+        "User",
     ),
     route(
         "post",
@@ -466,6 +494,7 @@ pub fn document() -> Value {
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}}, "priority": {"type": "integer"},
                     "max_attempts": {"type": "integer"}, "timeout_s": {"type": "integer"}, "run_at": {"type": "string", "format": "date-time"},
                     "depends_on": {"type": "array", "items": {"type": "string"}}, "executor": {"type": "string", "enum": ["plugin", "external"]},
+                    "reporters": {"type": "array", "maxItems": 16, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
                 }},
                 "Progress": {"type": "object", "properties": {
                     "processed": {"type": "integer", "nullable": true}, "total": {"type": "integer", "nullable": true},
@@ -492,11 +521,12 @@ pub fn document() -> Value {
                 "PageMeta": {"type": "object", "properties": {"total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"}, "has_more": {"type": "boolean"}}},
                 "Login": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}}},
                 "Token": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_in": {"type": "integer"}, "user": object}},
-                "ApiKeyRequest": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}, "permissions": {"type": "array", "items": {"type": "string"}}, "expires_at": {"type": "string", "format": "date-time"}}},
+                "ApiKeyRequest": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}, "permissions": {"type": "array", "maxItems": 64, "items": {"type": "string"}}, "runner_labels": {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 64}}, "expires_at": {"type": "string", "format": "date-time"}}},
+                "RoleChange": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {"role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
                 "ApiKey": object,
                 "NewUser": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
                 "RunnerRegistration": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}}, "capacity": {"type": "integer", "minimum": 1, "maximum": 1024}}},
-                "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object,
+                "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object, "User": object,
                 "Component": {"type": "string", "format": "binary"},
                 "Text": {"type": "string"},
                 "StreamFrame": {"type": "object", "description": "Server frames: connected, task events (seq, task_id, type, data, timestamp), system, subscribed, unsubscribed, pong, error. Client frames: subscribe {topics, after_seq?}, unsubscribe {topics}, ping.", "properties": {"type": {"type": "string"}}},

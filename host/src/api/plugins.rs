@@ -13,29 +13,40 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Query, authenticated, body, json_reply, raw_query, respond};
 use crate::auth::Principal;
+use crate::policy::{self, PluginAccess, TaskAction};
 use crate::registry::LoadedPlugin;
 use crate::runtime::Grants;
 
 /// The API view of a loaded plugin.
-pub fn plugin_json(state: &AppState, loaded: &LoadedPlugin) -> Value {
+/// A plugin as `principal` may see it: what it offers to all, its grants and host-wide counts
+/// to operators only.
+pub fn plugin_json(principal: &Principal, state: &AppState, loaded: &LoadedPlugin) -> Value {
     let plugin = &loaded.plugin;
     let info = plugin.info();
     let grants = plugin.grants();
+    let access = PluginAccess::of(grants);
     let counts = state
         .engine
-        .queues()
+        .queues(principal)
         .ok()
         .and_then(|queues| queues.into_iter().find(|q| q.plugin == info.name));
+    let operator_view = policy::may_see_grants(principal).then(|| {
+        json!({
+            "http": {"allow": grants.http.allow},
+            "fs": grants.fs.iter().map(|m| json!({"guest": m.guest, "rw": m.rw})).collect::<Vec<_>>(),
+            "config_keys": grants.config.keys().collect::<Vec<_>>(),
+            "runners": grants.runners,
+            "access": {"restricted": access.restricted, "creators": access.creators},
+        })
+    });
     json!({
         "name": info.name,
         "version": info.version,
         "description": info.description,
         "task_types": info.task_types,
-        "grants": {
-            "http": {"allow": grants.http.allow},
-            "fs": grants.fs.iter().map(|m| json!({"guest": m.guest, "rw": m.rw})).collect::<Vec<_>>(),
-            "config_keys": grants.config.keys().collect::<Vec<_>>(),
-        },
+        "restricted": access.restricted,
+        "may_create": policy::may_create(principal, &info.name, &access),
+        "grants": operator_view,
         "limits": grants.limits,
         "state": if state.engine.is_queue_paused(&info.name) { "paused" } else { "active" },
         "source": loaded.source,
@@ -52,17 +63,31 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let limit = state.config.max_plugin_bytes;
     let with_state = warp::any().map(move || state.clone());
 
+    // Checked before a byte of an upload is read: a caller without the right cannot make the
+    // host buffer up to max_plugin_bytes.
+    let manager = auth.clone().and_then(|p: Principal| async move {
+        if policy::may_manage_plugins(&p) {
+            Ok(p)
+        } else {
+            Err(warp::reject::custom(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "managing plugins needs plugins:manage",
+            )))
+        }
+    });
     let list = warp::path!("plugins")
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .then(|_p: Principal, s: AppState| async move {
+        .then(|p: Principal, s: AppState| async move {
             let data: Vec<Value> = s
                 .engine
                 .registry()
                 .list()
                 .iter()
-                .map(|l| plugin_json(&s, l))
+                .filter(|l| policy::may_act_on(&p, &l.plugin.info().name, TaskAction::Read))
+                .map(|l| plugin_json(&p, &s, l))
                 .collect();
             respond(Ok(json_reply(StatusCode::OK, &json!({"data": data}))))
         });
@@ -70,12 +95,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .then(|name: String, _p: Principal, s: AppState| async move {
+        .then(|name: String, p: Principal, s: AppState| async move {
             respond(
                 s.engine
                     .registry()
                     .get(&name)
-                    .map(|l| json_reply(StatusCode::OK, &plugin_json(&s, &l)))
+                    .filter(|_| policy::may_act_on(&p, &name, TaskAction::Read))
+                    .map(|l| json_reply(StatusCode::OK, &plugin_json(&p, &s, &l)))
                     .ok_or_else(|| {
                         ApiError::new(
                             StatusCode::NOT_FOUND,
@@ -87,7 +113,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         });
     let upload = warp::path!("plugins")
         .and(warp::post())
-        .and(auth.clone())
+        .and(manager.clone())
         .and(with_state.clone())
         .and(raw_query())
         .and(warp::header::optional::<String>("content-type"))
@@ -102,7 +128,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                             .engine
                             .install_plugin(&p, &component, grants.unwrap_or_default())
                             .await?;
-                        Ok(json_reply(StatusCode::CREATED, &plugin_json(&s, &loaded)))
+                        Ok(json_reply(
+                            StatusCode::CREATED,
+                            &plugin_json(&p, &s, &loaded),
+                        ))
                     }
                     .await,
                 )
@@ -111,7 +140,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let replace =
         warp::path!("plugins" / String)
             .and(warp::put())
-            .and(auth.clone())
+            .and(manager.clone())
             .and(with_state.clone())
             .and(raw_query())
             .and(warp::header::optional::<String>("content-type"))
@@ -131,7 +160,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                                 .engine
                                 .replace_plugin(&p, &name, &component, grants)
                                 .await?;
-                            Ok(json_reply(StatusCode::OK, &plugin_json(&s, &loaded)))
+                            Ok(json_reply(StatusCode::OK, &plugin_json(&p, &s, &loaded)))
                         }
                         .await,
                     )

@@ -1,5 +1,5 @@
 //! Rate limits, by route class: per client IP before authentication, per principal after it,
-//! and a stricter class for logins (per IP) against password guessing. GCRA limiters from
+//! and stricter classes for logins (per IP and per username) against password guessing. GCRA limiters from
 //! `governor`; every `/api/v1` response reports the limit that applied in `X-RateLimit-*`.
 
 use std::num::NonZeroU32;
@@ -23,6 +23,9 @@ pub struct RateLimitConfig {
     pub per_ip_per_minute: u32,
     /// Per client IP, on `POST /api/v1/auth/login`.
     pub login_per_minute: u32,
+    /// Per username, on `POST /api/v1/auth/login`, whatever address the attempts come from
+    /// (guessing one account's password from many addresses).
+    pub login_per_user_per_minute: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -32,6 +35,7 @@ impl Default for RateLimitConfig {
             per_principal_per_minute: 1200,
             per_ip_per_minute: 2400,
             login_per_minute: 10,
+            login_per_user_per_minute: 10,
         }
     }
 }
@@ -42,6 +46,7 @@ pub enum Class {
     Ip,
     Principal,
     Login,
+    LoginUser,
 }
 
 /// What the `X-RateLimit-*` headers say.
@@ -68,6 +73,7 @@ pub struct RateLimits {
     ip: Keyed,
     principal: Keyed,
     login: Keyed,
+    login_user: Keyed,
     clock: DefaultClock,
 }
 
@@ -83,6 +89,7 @@ impl RateLimits {
             ip: limiter(config.per_ip_per_minute),
             principal: limiter(config.per_principal_per_minute),
             login: limiter(config.login_per_minute),
+            login_user: limiter(config.login_per_user_per_minute),
             clock: DefaultClock::default(),
             config,
         }
@@ -93,6 +100,7 @@ impl RateLimits {
             Class::Ip => self.config.per_ip_per_minute,
             Class::Principal => self.config.per_principal_per_minute,
             Class::Login => self.config.login_per_minute,
+            Class::LoginUser => self.config.login_per_user_per_minute,
         }
         .max(1)
     }
@@ -106,6 +114,7 @@ impl RateLimits {
             Class::Ip => &self.ip,
             Class::Principal => &self.principal,
             Class::Login => &self.login,
+            Class::LoginUser => &self.login_user,
         };
         let limit = self.per_minute(class);
         // One unit of the allowance comes back every 60/limit seconds.
@@ -139,6 +148,7 @@ impl RateLimits {
         self.ip.retain_recent();
         self.principal.retain_recent();
         self.login.retain_recent();
+        self.login_user.retain_recent();
     }
 }
 

@@ -1,6 +1,7 @@
 //! Runner routes under `/api/v1/runners`.
 //!
-//! People (admin, or `runners:register`) register, list, inspect and remove runners. A runner
+//! Operators (admin, or a key an admin made with `runners:register`) register, list, inspect
+//! and remove runners. A runner
 //! calls the rest with its own token (`Authorization: Bearer thr_…`), which is good for
 //! nothing else: heartbeat, claim a job (long-poll), and report on the jobs it holds — log
 //! lines and progress go to the owning task, step outcomes and the final status to the job.
@@ -22,20 +23,6 @@ use crate::runners::{Artifact, JobStatus, StepOutcome};
 
 /// Lines one log report may carry.
 const MAX_LOG_LINES: usize = 1000;
-const MAX_LINE_BYTES: usize = 16 * 1024;
-const MAX_OUTPUT_TAIL: usize = 64 * 1024;
-
-fn may_manage(principal: &Principal) -> Result<(), ApiError> {
-    if principal.may_manage_runners() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            "managing runners needs the runners:register permission",
-        ))
-    }
-}
 
 /// The runner calling, from its token; it must be the runner the path names.
 fn runner(state: AppState) -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
@@ -123,6 +110,7 @@ struct ProgressReport {
     total: Option<u64>,
     step: Option<String>,
     message: Option<String>,
+    metrics: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 #[derive(Deserialize)]
@@ -131,18 +119,6 @@ struct Finish {
     status: JobStatus,
     #[serde(default)]
     artifacts: Vec<Artifact>,
-}
-
-fn truncated(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    // Keep the end: the last lines of output say how it went.
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_owned()
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -159,36 +135,34 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(
             |p: Principal, bytes: bytes::Bytes, s: AppState| async move {
                 respond((|| {
-                    may_manage(&p)?;
                     let r: Registration = parse_json(&bytes)?;
                     let registered = s
                         .engine
                         .runners()
-                        .register(&p.name, &r.name, r.labels, r.capacity)?;
+                        .register_as(&p, &r.name, r.labels, r.capacity)?;
                     Ok(json_reply(StatusCode::CREATED, &json!(registered)))
                 })())
             },
         );
-    let list =
-        warp::path!("runners")
-            .and(warp::get())
-            .and(auth.clone())
-            .and(with_state.clone())
-            .then(|p: Principal, s: AppState| async move {
-                respond(may_manage(&p).map(|()| {
-                    json_reply(StatusCode::OK, &json!({"data": s.engine.runners().list()}))
-                }))
-            });
+    let list = warp::path!("runners")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .then(|p: Principal, s: AppState| async move {
+            respond((|| {
+                let runners = s.engine.runners().list_for(&p)?;
+                Ok(json_reply(StatusCode::OK, &json!({"data": runners})))
+            })())
+        });
     let get = warp::path!("runners" / String)
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
             respond((|| {
-                may_manage(&p)?;
                 Ok(json_reply(
                     StatusCode::OK,
-                    &json!(s.engine.runners().get(&id)?),
+                    &json!(s.engine.runners().get_for(&p, &id)?),
                 ))
             })())
         });
@@ -198,8 +172,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
             respond((|| {
-                may_manage(&p)?;
-                s.engine.runners().unregister(&id)?;
+                s.engine.runners().remove_as(&p, &id)?;
                 Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
             })())
         });
@@ -278,8 +251,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     } else {
                         "info"
                     };
-                    let text = truncated(&line.line, MAX_LINE_BYTES);
-                    s.engine.runner_log(&context, level, &text)?;
+                    // Masked before it is cut (in the engine), so a cut cannot split a secret.
+                    s.engine.runner_log(&context, level, &line.line)?;
                 }
                 Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
             })())
@@ -293,10 +266,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 let context = s.engine.runners().touch(&id, &job)?;
                 s.engine.runner_progress(
                     &context,
-                    report.processed,
-                    report.total,
-                    report.step.as_deref(),
-                    report.message.as_deref(),
+                    crate::engine::ProgressReport {
+                        processed: report.processed,
+                        total: report.total,
+                        current_step: report.step,
+                        message: report.message,
+                        metrics: report.metrics,
+                    },
                 )?;
                 Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
             })())
@@ -306,8 +282,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
             respond((|| {
                 same_runner(&id, &caller)?;
-                let mut outcome: StepOutcome = parse_json(&bytes)?;
-                outcome.output_tail = truncated(&outcome.output_tail, MAX_OUTPUT_TAIL);
+                let outcome: StepOutcome = parse_json(&bytes)?;
                 s.engine.runner_step_finished(&id, &job, outcome)?;
                 Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
             })())

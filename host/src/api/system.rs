@@ -69,17 +69,17 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
-        .then(
-            |_p: Principal, s: AppState, q: String| async move { respond(detailed_health(&s, &q)) },
-        );
+        .then(|p: Principal, s: AppState, q: String| async move {
+            respond(detailed_health(&p, &s, &q))
+        });
     let queues = warp::path!("queues")
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .then(|_p: Principal, s: AppState| async move {
+        .then(|p: Principal, s: AppState| async move {
             respond(
                 s.engine
-                    .queues()
+                    .queues(&p)
                     .map_err(ApiError::from)
                     .map(|q| json_reply(StatusCode::OK, &json!({"data": q}))),
             )
@@ -159,7 +159,11 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn detailed_health(state: &AppState, raw: &str) -> Result<Response, ApiError> {
+fn detailed_health(
+    principal: &Principal,
+    state: &AppState,
+    raw: &str,
+) -> Result<Response, ApiError> {
     let query = Query::parse(raw, &["details"], false)?;
     let ready = state.ready.load(Ordering::Acquire);
     let mut body = json!({
@@ -178,8 +182,9 @@ fn detailed_health(state: &AppState, raw: &str) -> Result<Response, ApiError> {
             "pooling_allocator": runtime.is_pooling(),
             "max_instances": runtime.config().max_instances,
         });
-        body["queues"] = json!(state.engine.queues()?);
+        body["queues"] = json!(state.engine.queues(principal)?);
         body["websocket_connections"] = json!(state.streams.connection_count());
+        body["log_followers"] = json!(state.followers.count());
         body["websocket_slow_consumers_dropped"] = json!(state.streams.slow_consumers_dropped());
         body["http_requests_total"] = json!(state.http_requests.load(Ordering::Relaxed));
     }
@@ -248,7 +253,7 @@ fn metrics(state: &AppState) -> Response {
         ws_slow_dropped.clone(),
     );
 
-    let queues = match state.engine.queues() {
+    let queues = match state.engine.host_queues() {
         Ok(queues) => queues,
         Err(e) => return ApiError::from(e).into_response(),
     };

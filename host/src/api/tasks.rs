@@ -1,7 +1,6 @@
 //! Task routes under `/api/v1/tasks`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -13,12 +12,13 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{
-    ApiError, AppState, Query, authenticated, body, json_reply, page, parse_json, raw_query,
-    respond,
+    ApiError, AppState, Credentials, Query, authenticated, body, follow, json_reply, page,
+    parse_json, raw_query, respond,
 };
 use crate::auth::Principal;
 use crate::engine::{NewTask, ProgressReport, TaskUpdate};
-use crate::model::{EventKind, Executor, TaskStatus};
+use crate::model::{Executor, TaskStatus};
+use crate::policy;
 use crate::storage::{SortField, TaskQuery};
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +40,8 @@ struct CreateTaskBody {
     depends_on: Vec<String>,
     #[serde(default)]
     executor: Executor,
+    #[serde(default)]
+    reporters: Vec<String>,
 }
 
 fn empty_object() -> Value {
@@ -119,7 +121,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     async {
                         let update: TaskUpdate = parse_json(&b)?;
                         let task = s.engine.report_update(&p, &id, update).await?;
-                        Ok(json_reply(StatusCode::OK, &task.to_api()))
+                        Ok(json_reply(StatusCode::OK, &policy::task_view(&p, &task)))
                     }
                     .await,
                 )
@@ -154,7 +156,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     async {
                         let report: ProgressReport = parse_json(&b)?;
                         let task = s.engine.report_progress(&p, &id, report).await?;
-                        Ok(json_reply(StatusCode::OK, &task.to_api()))
+                        Ok(json_reply(StatusCode::OK, &policy::task_view(&p, &task)))
                     }
                     .await,
                 )
@@ -185,11 +187,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let logs = task("logs")
         .and(warp::get())
         .and(auth.clone())
+        .and(Credentials::from_headers())
         .and(with_state.clone())
         .and(raw_query())
         .then(
-            |id: String, p: Principal, s: AppState, q: String| async move {
-                respond(logs(&p, &s, &id, &q))
+            |id: String, p: Principal, c: Credentials, s: AppState, q: String| async move {
+                respond(logs(&p, c, &s, &id, &q))
             },
         );
     let records = task("records")
@@ -277,6 +280,7 @@ async fn create(
         timeout_s: request.timeout_s,
         run_at,
         depends_on: request.depends_on,
+        reporters: request.reporters,
         executor: request.executor,
     };
     let task = state.engine.create(principal, new).await?;
@@ -330,6 +334,7 @@ fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Response, 
     let task_query = TaskQuery {
         status,
         plugin: query.get("plugin").map(str::to_owned),
+        plugins: None,
         task_type: query.get("type").map(str::to_owned),
         owner: query.get("owner").map(str::to_owned),
         labels: query.labels(),
@@ -371,6 +376,7 @@ fn events(
 
 fn logs(
     principal: &Principal,
+    credentials: Credentials,
     state: &AppState,
     id: &str,
     raw: &str,
@@ -386,7 +392,7 @@ fn logs(
         },
     };
     if query.bool("follow")? {
-        return follow_logs(principal, state, id, after_seq, since_time);
+        return follow::follow_logs(principal, credentials, state, id, after_seq, since_time);
     }
     let (_, entries) = state.engine.logs(principal, id, after_seq, usize::MAX)?;
     let entries: Vec<Value> = entries
@@ -399,104 +405,6 @@ fn logs(
         StatusCode::OK,
         &json!({"data": entries, "meta": {"limit": limit}}),
     ))
-}
-
-/// Server-sent events: the stored lines after `after_seq`, then new ones as they are written,
-/// until the task ends. Subscribing before reading the stored lines leaves no gap; the seq
-/// check leaves no duplicate.
-fn follow_logs(
-    principal: &Principal,
-    state: &AppState,
-    id: &str,
-    after_seq: u64,
-    since_time: Option<DateTime<Utc>>,
-) -> Result<Response, ApiError> {
-    use warp::Reply;
-    let mut live = state.engine.storage().subscribe();
-    let (task, stored) = state.engine.logs(principal, id, after_seq, usize::MAX)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<warp::sse::Event>(256);
-    let id = id.to_owned();
-    let engine = state.engine.clone();
-    let principal = principal.clone();
-    let line = |seq: u64, entry: Value| {
-        warp::sse::Event::default()
-            .event("log")
-            .id(seq.to_string())
-            .data(entry.to_string())
-    };
-    tokio::spawn(async move {
-        let mut last = after_seq;
-        for entry in stored
-            .into_iter()
-            .filter(|e| since_time.is_none_or(|t| e.timestamp > t))
-        {
-            last = entry.seq;
-            if sender
-                .send(line(
-                    entry.seq,
-                    serde_json::to_value(&entry).unwrap_or_default(),
-                ))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        if task.status.is_terminal() {
-            return;
-        }
-        loop {
-            match live.recv().await {
-                Ok(event) if event.task_id == id && event.seq > last => match event.kind {
-                    EventKind::Log => {
-                        last = event.seq;
-                        let entry = json!({
-                            "seq": event.seq,
-                            "level": event.data["level"],
-                            "message": event.data["message"],
-                            "timestamp": crate::model::timestamp::format(&event.timestamp),
-                        });
-                        if sender.send(line(event.seq, entry)).await.is_err() {
-                            return;
-                        }
-                    }
-                    EventKind::Completed | EventKind::Failed | EventKind::Cancelled => return,
-                    _ => {}
-                },
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind the live feed: catch up from storage, then go on.
-                    let Ok((task, missed)) = engine.logs(&principal, &id, last, usize::MAX) else {
-                        return;
-                    };
-                    for entry in missed {
-                        last = entry.seq;
-                        if sender
-                            .send(line(
-                                entry.seq,
-                                serde_json::to_value(&entry).unwrap_or_default(),
-                            ))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    if task.status.is_terminal() {
-                        return;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver
-            .recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), receiver))
-    });
-    Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
 }
 
 fn records(

@@ -22,8 +22,7 @@ use warp::reply::Response;
 use warp::ws::{Message, WebSocket, Ws};
 
 use super::ratelimit::Class;
-use super::{ApiError, AppState, Query, authenticate, check_rate, raw_query, respond};
-use crate::auth::Principal;
+use super::{ApiError, AppState, Credentials, Query, check_rate, raw_query, respond};
 use crate::streams::{CloseReason, Next, Replay, StreamConnection, StreamError};
 
 /// Largest client frame; clients only send small control frames.
@@ -41,46 +40,6 @@ enum ClientFrame {
         topics: Vec<String>,
     },
     Ping,
-}
-
-/// The credentials a stream was opened with, checked again at every heartbeat so that a
-/// revoked key or an expired token ends the stream too.
-#[derive(Clone)]
-struct Credentials {
-    authorization: Option<String>,
-    api_key: Option<String>,
-}
-
-impl Credentials {
-    /// From the headers, or else (upgrades only) from `?token=` or `?api_key=`.
-    fn from_request(authorization: Option<String>, api_key: Option<String>, raw: &str) -> Self {
-        if authorization.is_some() || api_key.is_some() {
-            return Self {
-                authorization,
-                api_key,
-            };
-        }
-        let mut found = Self {
-            authorization: None,
-            api_key: None,
-        };
-        for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-            match name.as_ref() {
-                "token" => found.authorization = Some(format!("Bearer {value}")),
-                "api_key" => found.api_key = Some(value.into_owned()),
-                _ => {}
-            }
-        }
-        found
-    }
-
-    fn authenticate(&self, state: &AppState) -> Result<Principal, ApiError> {
-        authenticate(
-            state,
-            self.authorization.as_deref(),
-            self.api_key.as_deref(),
-        )
-    }
 }
 
 impl From<StreamError> for ApiError {

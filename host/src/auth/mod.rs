@@ -1,9 +1,9 @@
 //! Who is asking, and what they may do.
 //!
-//! A [`Principal`] is what authentication yields; every engine operation takes one, so no
-//! route can reach a task without an authorisation decision. Permissions are
-//! `<plugin>:<action>` (`*` for any plugin) plus `plugins:manage`, `users:manage`,
-//! `runners:register` and `tasks:report`; roles grant defaults.
+//! A [`Principal`] is what authentication yields; every engine operation takes one, and
+//! [`crate::policy`] decides what it may do. Permissions are `<plugin>:<action>` (`*` for any
+//! plugin) plus `plugins:manage`, `users:manage`, `runners:register` and `tasks:report`;
+//! roles grant defaults.
 
 mod secrets;
 mod service;
@@ -15,9 +15,7 @@ pub use secrets::{
     unseal_into,
 };
 pub use service::{ApiKeyRequest, Auth, AuthConfig, AuthError, LoginResult, api_key_json};
-pub(crate) use service::{random_token, sha256_hex};
-
-use crate::model::{Event, Task};
+pub(crate) use service::{principal_for_key, random_token, sha256_hex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,14 +23,6 @@ pub enum Role {
     Admin,
     User,
     Viewer,
-}
-
-/// What can be done to a plugin's tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskAction {
-    Create,
-    Read,
-    Cancel,
 }
 
 impl Role {
@@ -47,25 +37,20 @@ impl Role {
     }
 }
 
-impl TaskAction {
-    fn as_str(self) -> &'static str {
-        match self {
-            TaskAction::Create => "create",
-            TaskAction::Read => "read",
-            TaskAction::Cancel => "cancel",
-        }
-    }
-}
-
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub name: String,
     pub role: Role,
-    /// Explicit permissions, on top of (or, for API keys, instead of) the role's.
+    /// An API key's explicit permissions: with `restricted`, the only rights it has (within
+    /// what its owner's role grants).
     pub permissions: Vec<String>,
     /// Only `permissions` count, not the role's defaults (API keys made with permissions).
     pub restricted: bool,
+    /// The API key this principal authenticated with, if any (child tasks act through it).
+    pub key_id: Option<String>,
+    /// The only labels a runner registered with this key may carry (`None`: any).
+    pub runner_labels: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -76,6 +61,8 @@ impl Principal {
             role: Role::Admin,
             permissions: Vec::new(),
             restricted: false,
+            key_id: None,
+            runner_labels: None,
         }
     }
 
@@ -86,68 +73,8 @@ impl Principal {
             role,
             permissions: Vec::new(),
             restricted: false,
+            key_id: None,
+            runner_labels: None,
         }
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin && !self.restricted
-    }
-
-    fn has(&self, permission: &str) -> bool {
-        self.permissions.iter().any(|p| p == permission)
-    }
-
-    /// Whether the role or an explicit permission allows `action` on `plugin`'s tasks.
-    pub fn may(&self, plugin: &str, action: TaskAction) -> bool {
-        let by_role = !self.restricted
-            && match self.role {
-                Role::Admin | Role::User => true,
-                Role::Viewer => action == TaskAction::Read,
-            };
-        by_role
-            || self.has(&format!("{plugin}:{}", action.as_str()))
-            || self.has(&format!("*:{}", action.as_str()))
-    }
-
-    /// Whether this principal may see `task` (ownership; admins see all).
-    pub fn may_read(&self, task: &Task) -> bool {
-        self.may_read_of(&task.owner, &task.plugin)
-    }
-
-    /// Whether this principal may see an event (it carries its task's owner and plugin, so
-    /// streams decide without loading the task).
-    pub fn may_read_event(&self, event: &Event) -> bool {
-        self.may_read_of(&event.owner, &event.plugin)
-    }
-
-    fn may_read_of(&self, owner: &str, plugin: &str) -> bool {
-        (self.is_admin() || owner == self.name) && self.may(plugin, TaskAction::Read)
-    }
-
-    /// Whether this principal may cancel, pause, resume or retry `task`.
-    pub fn may_control(&self, task: &Task) -> bool {
-        (self.is_admin() || task.owner == self.name) && self.may(&task.plugin, TaskAction::Cancel)
-    }
-
-    /// Whether this principal may report on an external task.
-    pub fn may_report(&self, task: &Task) -> bool {
-        self.is_admin() || task.owner == self.name || self.has("tasks:report")
-    }
-
-    pub fn may_manage_plugins(&self) -> bool {
-        self.is_admin() || self.has("plugins:manage")
-    }
-
-    pub fn may_manage_runners(&self) -> bool {
-        self.is_admin() || self.has("runners:register")
-    }
-
-    pub fn may_manage_users(&self) -> bool {
-        self.is_admin() || self.has("users:manage")
-    }
-
-    /// Whether the caller can do more than read.
-    pub fn is_viewer(&self) -> bool {
-        self.role == Role::Viewer && !self.restricted
     }
 }

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::{Principal, Role};
 use crate::model::{ApiKeyRecord, UserRecord};
+use crate::policy::{self, PluginAccess};
 use crate::storage::{Storage, StorageError};
 
 /// Authentication settings (`[auth]` in the config file).
@@ -63,6 +64,11 @@ pub enum AuthError {
     Exists(String),
     #[error("API key {0} not found")]
     KeyNotFound(String),
+    #[error("user {0} not found")]
+    UserNotFound(String),
+    /// Too many logins are being checked at once.
+    #[error("too many logins at once; try again shortly")]
+    Busy,
     #[error("auth storage: {0}")]
     Storage(#[from] StorageError),
     #[error("auth setup: {0}")]
@@ -97,6 +103,8 @@ pub struct ApiKeyRequest {
     pub permissions: Option<Vec<String>>,
     #[serde(default, with = "crate::model::timestamp::option")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// With `runners:register`: the only labels runners registered with this key may carry.
+    pub runner_labels: Option<Vec<String>>,
 }
 
 /// The authentication service. Cheap to clone.
@@ -114,7 +122,13 @@ struct AuthInner {
     enabled: bool,
     /// A hash to verify against when the user does not exist, so both cases take as long.
     decoy_hash: String,
+    /// Password hashes computed at once: each costs ~20 MB and tens of ms of a core, so a
+    /// burst of logins must queue here rather than fill the blocking pool.
+    hashing: tokio::sync::Semaphore,
 }
+
+/// How long a login waits for a hashing slot before it is turned away as busy.
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -137,7 +151,24 @@ pub(crate) fn random_token(bytes: usize) -> String {
 /// Reads a secret file, or creates it with `make` (mode 0600) when it does not exist.
 pub(crate) fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<String, AuthError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text.trim().to_owned()),
+        Ok(text) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| AuthError::Setup(format!("cannot read {}: {e}", path.display())))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(AuthError::Setup(format!(
+                        "{} is readable by other users (mode {:o}); chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
+            }
+            Ok(text.trim().to_owned())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = make();
             let mut options = std::fs::OpenOptions::new();
@@ -160,20 +191,42 @@ pub(crate) fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<
     }
 }
 
+/// Permissions (and runner labels) one key may name.
+const MAX_KEY_PERMISSIONS: usize = 64;
+
+/// The principal a stored key acts as now: `None` when it is revoked, expired or its owner is
+/// gone. Its role is the lesser of the key's and the owner's current one, so a demoted owner's
+/// keys shrink with it.
+pub(crate) fn principal_for_key(
+    storage: &dyn Storage,
+    record: &ApiKeyRecord,
+) -> Result<Option<Principal>, AuthError> {
+    if record.revoked_at.is_some() || record.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Ok(None);
+    }
+    let Some(owner) = storage.get_user(&record.owner)? else {
+        return Ok(None);
+    };
+    let (role, restricted) = match record.role {
+        Some(role) if owner.role.covers(role) => (role, false),
+        Some(_) => (owner.role, false),
+        None => (owner.role, true),
+    };
+    Ok(Some(Principal {
+        name: owner.username,
+        role,
+        permissions: record.permissions.clone(),
+        restricted,
+        key_id: Some(record.id.clone()),
+        runner_labels: record.runner_labels.clone(),
+    }))
+}
+
 fn valid_username(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
-}
-
-fn valid_permission(permission: &str) -> bool {
-    matches!(
-        permission,
-        "plugins:manage" | "users:manage" | "runners:register" | "tasks:report"
-    ) || permission.split_once(':').is_some_and(|(plugin, action)| {
-        !plugin.is_empty() && matches!(action, "create" | "read" | "cancel")
-    })
 }
 
 impl Auth {
@@ -210,6 +263,9 @@ impl Auth {
                 ttl_s: config.token_ttl_s.max(60),
                 enabled: config.enabled,
                 decoy_hash,
+                hashing: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
             }),
         };
         if auth.inner.storage.count_users()? == 0 {
@@ -255,6 +311,11 @@ impl Auth {
             .as_ref()
             .map_or(self.inner.decoy_hash.clone(), |u| u.password_hash.clone());
         let password = password.to_owned();
+        let _slot = tokio::time::timeout(HASHING_WAIT, self.inner.hashing.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(AuthError::Busy)?;
         let verified = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| {
@@ -310,48 +371,20 @@ impl Auth {
             .storage
             .get_user(&claims.sub)?
             .ok_or(AuthError::Unauthenticated("invalid or expired token"))?;
-        Ok(Principal {
-            name: user.username,
-            role: user.role,
-            permissions: claims.permissions,
-            restricted: false,
-        })
+        Ok(Principal::with_role(&user.username, user.role))
     }
 
     pub fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
-        let refused = AuthError::Unauthenticated("invalid, expired or revoked API key");
+        let refused = || AuthError::Unauthenticated("invalid, expired or revoked API key");
         let (id, secret) = key
             .strip_prefix("thk_")
             .and_then(|rest| rest.split_once('_'))
-            .ok_or(AuthError::Unauthenticated(
-                "invalid, expired or revoked API key",
-            ))?;
-        let record = self
-            .inner
-            .storage
-            .get_api_key(id)?
-            .ok_or(AuthError::Unauthenticated(
-                "invalid, expired or revoked API key",
-            ))?;
-        if record.secret_sha256 != sha256_hex(secret)
-            || record.revoked_at.is_some()
-            || record.expires_at.is_some_and(|at| at <= Utc::now())
-        {
-            return Err(refused);
+            .ok_or_else(refused)?;
+        let record = self.inner.storage.get_api_key(id)?.ok_or_else(refused)?;
+        if record.secret_sha256 != sha256_hex(secret) {
+            return Err(refused());
         }
-        let owner = self.inner.storage.get_user(&record.owner)?.ok_or(refused)?;
-        let (role, restricted) = match record.role {
-            // A key never grants more than its owner has now.
-            Some(role) if owner.role.covers(role) => (role, false),
-            Some(_) => (owner.role, false),
-            None => (owner.role, true),
-        };
-        Ok(Principal {
-            name: owner.username,
-            role,
-            permissions: record.permissions,
-            restricted,
-        })
+        principal_for_key(self.inner.storage.as_ref(), &record)?.ok_or_else(refused)
     }
 
     pub async fn create_user(
@@ -361,13 +394,12 @@ impl Auth {
         password: &str,
         role: Role,
     ) -> Result<UserRecord, AuthError> {
-        if !by.may_manage_users() {
+        if !policy::may_manage_users(by) {
             return Err(AuthError::Forbidden(
                 "creating users needs users:manage".into(),
             ));
         }
-        // users:manage alone must not be a way to become admin.
-        if !by.is_admin() && (role == Role::Admin || !by.role.covers(role)) {
+        if !policy::may_create_user(by, role) {
             return Err(AuthError::Forbidden(
                 "only an admin can create a user with more rights than its own".into(),
             ));
@@ -399,11 +431,40 @@ impl Auth {
         }
     }
 
+    /// Changes a user's role; it applies at once to the user's tokens and keys.
+    pub fn set_role(
+        &self,
+        by: &Principal,
+        username: &str,
+        role: Role,
+    ) -> Result<UserRecord, AuthError> {
+        if !policy::may_manage_users(by) {
+            return Err(AuthError::Forbidden(
+                "changing roles needs users:manage".into(),
+            ));
+        }
+        let mut user = self
+            .inner
+            .storage
+            .get_user(username)?
+            .ok_or_else(|| AuthError::UserNotFound(username.to_owned()))?;
+        if !policy::may_create_user(by, role) || !policy::may_create_user(by, user.role) {
+            return Err(AuthError::Forbidden(
+                "only an admin can give or take rights beyond its own".into(),
+            ));
+        }
+        user.role = role;
+        self.inner.storage.put_user(&user, false)?;
+        Ok(user)
+    }
+
     /// Creates a key acting as `by`; returns its record and the key in clear (shown once).
+    /// `access` says who may create each plugin's tasks, for keys that name a plugin.
     pub fn create_api_key(
         &self,
         by: &Principal,
         request: ApiKeyRequest,
+        access: &dyn Fn(&str) -> PluginAccess,
     ) -> Result<(ApiKeyRecord, String), AuthError> {
         if request.name.trim().is_empty() || request.name.len() > 128 {
             return Err(AuthError::Invalid("name must be 1-128 characters".into()));
@@ -421,20 +482,43 @@ impl Auth {
                 by.role
             )));
         }
-        if by.restricted {
+        if !policy::may_create_keys(by) {
             return Err(AuthError::Forbidden(
                 "keys with explicit permissions cannot create keys".into(),
             ));
         }
         let permissions = request.permissions.unwrap_or_default();
-        if let Some(bad) = permissions.iter().find(|p| !valid_permission(p)) {
+        if permissions.len() > MAX_KEY_PERMISSIONS {
+            return Err(AuthError::Invalid(format!(
+                "at most {MAX_KEY_PERMISSIONS} permissions"
+            )));
+        }
+        if let Some(bad) = permissions.iter().find(|p| !policy::is_known_permission(p)) {
             return Err(AuthError::Invalid(format!("unknown permission {bad:?}")));
         }
-        let manage = ["plugins:manage", "users:manage"];
-        if !by.is_admin() && permissions.iter().any(|p| manage.contains(&p.as_str())) {
-            return Err(AuthError::Forbidden(
-                "only admins can grant management permissions".into(),
-            ));
+        // A key holds only rights its creator holds now (and, on every use, its owner).
+        if let Some(denied) = permissions.iter().find(|p| {
+            let plugin = p.split_once(':').map_or("", |(plugin, _)| plugin);
+            !policy::may_grant(by, p, &access(plugin))
+        }) {
+            return Err(AuthError::Forbidden(format!(
+                "{} does not hold {denied:?}, so no key of its can",
+                by.name
+            )));
+        }
+        if let Some(labels) = &request.runner_labels {
+            if !permissions.iter().any(|p| p == policy::RUNNERS_REGISTER) {
+                return Err(AuthError::Invalid(
+                    "runner_labels needs the runners:register permission".into(),
+                ));
+            }
+            if labels.len() > MAX_KEY_PERMISSIONS
+                || labels.iter().any(|l| l.is_empty() || l.len() > 64)
+            {
+                return Err(AuthError::Invalid(format!(
+                    "runner_labels: at most {MAX_KEY_PERMISSIONS} labels of 1-64 characters"
+                )));
+            }
         }
         if request.expires_at.is_some_and(|at| at <= Utc::now()) {
             return Err(AuthError::Invalid(
@@ -454,6 +538,7 @@ impl Auth {
                 None
             },
             permissions,
+            runner_labels: request.runner_labels,
             created_at: Utc::now(),
             expires_at: request.expires_at,
             revoked_at: None,
@@ -464,7 +549,7 @@ impl Auth {
 
     /// The caller's keys (an admin sees all).
     pub fn list_api_keys(&self, by: &Principal) -> Result<Vec<ApiKeyRecord>, AuthError> {
-        let owner = (!by.is_admin()).then_some(by.name.as_str());
+        let owner = (!policy::is_admin(by)).then_some(by.name.as_str());
         Ok(self.inner.storage.list_api_keys(owner)?)
     }
 
@@ -473,7 +558,7 @@ impl Auth {
             .inner
             .storage
             .get_api_key(id)?
-            .filter(|r| by.is_admin() || r.owner == by.name)
+            .filter(|r| policy::may_manage_key(by, &r.owner))
             .ok_or_else(|| AuthError::KeyNotFound(id.to_owned()))?;
         if record.revoked_at.is_none() {
             record.revoked_at = Some(Utc::now());
@@ -491,6 +576,7 @@ pub fn api_key_json(record: &ApiKeyRecord) -> serde_json::Value {
         "owner": record.owner,
         "role": record.role,
         "permissions": record.permissions,
+        "runner_labels": record.runner_labels,
         "created_at": crate::model::timestamp::format(&record.created_at),
         "expires_at": record.expires_at.map(|t| crate::model::timestamp::format(&t)),
         "revoked_at": record.revoked_at.map(|t| crate::model::timestamp::format(&t)),

@@ -7,17 +7,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use taskhost::agent::{Agent, AgentConfig};
-use tracing::{error, info};
+use taskhost::agent::{Agent, AgentConfig, sandbox};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "taskhost-runner",
     version,
     about = "Runs jobs that taskhost plugins delegate: build and test steps as real processes",
-    after_help = "The API key (with the runners:register permission) is read from TASKHOST_API_KEY \
-                  only, so that it never shows in the process list. Steps inherit the runner's \
-                  environment without its TASKHOST_* variables."
+    after_help = "The API key (runners:register, made by an admin) is read from the file named by \
+                  --api-key-file / TASKHOST_API_KEY_FILE, or from TASKHOST_API_KEY, never from the \
+                  command line, so that it does not show in the process list. The runner makes \
+                  itself undumpable, and steps start with a cleared environment plus --pass-env \
+                  (PATH, HOME, LANG and toolchain locations by default), the job's env and \
+                  TASKHOST_JOB_ID/TASK_ID/JOB_DIR. Started as root, give --run-as so that steps \
+                  cannot read the key file or other jobs' directories."
 )]
 struct Cli {
     /// The host's base URL
@@ -45,6 +49,37 @@ struct Cli {
     /// Seconds running jobs get to finish when the runner is stopped
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
+    /// File holding the API key (keep it mode 0600, readable by the runner's user only)
+    #[arg(long, env = "TASKHOST_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Run steps as this user (name or uid); the runner must start as root
+    #[arg(long, env = "TASKHOST_RUNNER_RUN_AS")]
+    run_as: Option<String>,
+    /// Variables steps inherit from the runner (repeat, or separate with commas); replaces the
+    /// default list
+    #[arg(
+        long = "pass-env",
+        env = "TASKHOST_RUNNER_PASS_ENV",
+        value_delimiter = ','
+    )]
+    pass_env: Vec<String>,
+}
+
+/// The API key, from the key file or the environment.
+fn api_key(file: Option<&PathBuf>) -> Result<String, String> {
+    let key = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?,
+        None => std::env::var("TASKHOST_API_KEY").unwrap_or_default(),
+    };
+    let key = key.trim().to_owned();
+    if key.is_empty() {
+        return Err(
+            "give an API key with runners:register: --api-key-file, TASKHOST_API_KEY_FILE or TASKHOST_API_KEY"
+                .into(),
+        );
+    }
+    Ok(key)
 }
 
 fn default_name() -> String {
@@ -71,12 +106,37 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let Some(api_key) = std::env::var("TASKHOST_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
-    else {
-        error!("set TASKHOST_API_KEY to an API key with the runners:register permission");
+    // Before any job runs: a step of the same user must not read the key out of /proc.
+    if let Err(e) = sandbox::make_undumpable() {
+        error!(error = %e, "cannot protect the runner's memory and environment from its steps");
         return ExitCode::from(2);
+    }
+    let api_key = match api_key(cli.api_key_file.as_ref()) {
+        Ok(key) => key,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let run_as = match cli.run_as.as_deref().map(sandbox::resolve_user).transpose() {
+        Ok(user) => user,
+        Err(e) => {
+            error!("--run-as: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if run_as.is_none() && sandbox::is_root() {
+        warn!(
+            "running steps as root: they can read anything this machine holds; give --run-as USER"
+        );
+    }
+    let pass_env = if cli.pass_env.is_empty() {
+        sandbox::DEFAULT_PASS_ENV
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect()
+    } else {
+        cli.pass_env
     };
     let labels = cli
         .labels
@@ -93,6 +153,8 @@ async fn main() -> ExitCode {
         work_dir: cli.work_dir,
         keep_workdirs: cli.keep_workdirs,
         drain_timeout: Duration::from_secs(cli.drain_timeout_s),
+        run_as,
+        pass_env,
     };
     let agent = match Agent::new(config) {
         Ok(agent) => agent,

@@ -7,6 +7,8 @@
 //! its event, which carries a host-wide `seq`.
 
 mod error;
+mod progress;
+mod reports;
 mod scheduler;
 mod services;
 mod stats;
@@ -24,10 +26,12 @@ use tokio::sync::{Notify, broadcast};
 use tracing::warn;
 
 pub use error::EngineError;
+pub use progress::ProgressReport;
+pub use reports::{ReportedError, TaskUpdate};
 pub use stats::{Stats, StatsQuery};
 
 use crate::auth::{
-    Principal, SecretBox, TaskAction, redact, redact_value, seal_secrets, secret_paths,
+    Principal, SecretBox, principal_for_key, redact, redact_value, seal_secrets, secret_paths,
     secret_strings,
 };
 use crate::lock;
@@ -35,8 +39,9 @@ use crate::model::{
     Event, EventKind, Executor, LogEntry, NewEvent, Record, SystemNotice, Task, TaskProgress,
     TaskStatus,
 };
+use crate::policy::{self, PluginAccess};
 use crate::registry::{LoadedPlugin, PluginRegistry};
-use crate::runners::{Artifact, JobContext, JobState, JobStatus, Runners, StepOutcome};
+use crate::runners::Runners;
 use crate::runtime::{Grants, TaskControl, TaskFailure};
 use crate::storage::{Durability, Storage, StorageError, TaskQuery};
 use scheduler::Scheduler;
@@ -82,36 +87,8 @@ pub struct NewTask {
     pub run_at: Option<DateTime<Utc>>,
     pub depends_on: Vec<String>,
     pub executor: Executor,
-}
-
-/// A progress report for an external task.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProgressReport {
-    pub processed: Option<u64>,
-    pub total: Option<u64>,
-    pub current_step: Option<String>,
-    pub message: Option<String>,
-    pub metrics: Option<BTreeMap<String, f64>>,
-}
-
-/// A status report for an external task.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskUpdate {
-    pub status: Option<TaskStatus>,
-    pub result: Option<Value>,
-    pub error: Option<ReportedError>,
-    pub progress: Option<ProgressReport>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportedError {
-    pub code: String,
-    pub message: String,
-    #[serde(default)]
-    pub retryable: bool,
+    /// Users besides the owner who may report on an external task.
+    pub reporters: Vec<String>,
 }
 
 /// One plugin's queue.
@@ -166,6 +143,7 @@ const SYSTEM_NOTICE_CAPACITY: usize = 256;
 
 const MAX_LABELS: usize = 32;
 const MAX_DEPENDENCIES: usize = 100;
+const MAX_REPORTERS: usize = 16;
 
 /// Applies `next` to `task` if the state machine allows it, stamping the times it implies.
 pub(crate) fn transition(task: &mut Task, next: TaskStatus) -> Result<(), EngineError> {
@@ -244,113 +222,6 @@ impl Engine {
         &self.inner.runners
     }
 
-    /// Stores a log line a runner sent about a job of `job.task_id`, masked.
-    pub fn runner_log(&self, job: &JobContext, level: &str, line: &str) -> Result<(), EngineError> {
-        let task = self
-            .inner
-            .storage
-            .get_task(&job.task_id)?
-            .ok_or_else(|| EngineError::TaskNotFound(job.task_id.clone()))?;
-        self.inner
-            .storage
-            .append_log(&task, level, &redact(line, &job.secrets))?;
-        Ok(())
-    }
-
-    /// Records a step a runner finished, on the job and as a line in the task's log.
-    pub fn runner_step_finished(
-        &self,
-        runner_id: &str,
-        job_id: &str,
-        outcome: StepOutcome,
-    ) -> Result<(), EngineError> {
-        let line = match outcome.exit_code {
-            Some(code) => format!(
-                "step {} exited with {code} after {} ms",
-                outcome.name, outcome.duration_ms
-            ),
-            None => format!(
-                "step {} ended without an exit code (killed, timed out or not started) after {} ms",
-                outcome.name, outcome.duration_ms
-            ),
-        };
-        let level = if outcome.exit_code == Some(0) {
-            "info"
-        } else {
-            "warn"
-        };
-        let context = self
-            .inner
-            .runners
-            .step_finished(runner_id, job_id, outcome)?;
-        self.runner_log(&context, level, &line)
-    }
-
-    /// Ends a job with its runner's outcome; the task's log says how it ended and lists what
-    /// the job left behind, so a client sees it without asking the runner.
-    pub fn runner_finish(
-        &self,
-        runner_id: &str,
-        job_id: &str,
-        status: JobStatus,
-        artifacts: Vec<Artifact>,
-    ) -> Result<JobState, EngineError> {
-        let state = self
-            .inner
-            .runners
-            .finish(runner_id, job_id, status, artifacts)?;
-        let context = self.inner.runners.job_context(job_id)?;
-        for artifact in &state.artifacts {
-            let line = format!(
-                "artifact {} ({} bytes, sha256 {})",
-                artifact.path, artifact.size_bytes, artifact.sha256
-            );
-            self.runner_log(&context, "info", &line)?;
-        }
-        let status = serde_json::to_value(state.status).unwrap_or_default();
-        let line = format!(
-            "job {job_id} ended {} on runner {runner_id}",
-            status.as_str().unwrap_or("")
-        );
-        self.runner_log(&context, "info", &line)?;
-        Ok(state)
-    }
-
-    /// Applies a runner's progress report to the job's task (while it runs).
-    pub fn runner_progress(
-        &self,
-        job: &JobContext,
-        processed: Option<u64>,
-        total: Option<u64>,
-        step: Option<&str>,
-        message: Option<&str>,
-    ) -> Result<(), EngineError> {
-        let step = step.map(|s| redact(s, &job.secrets));
-        let message = message.map(|m| redact(m, &job.secrets));
-        self.inner.modify(&job.task_id, |task| {
-            if task.status != TaskStatus::Running {
-                return Err(EngineError::Conflict(format!(
-                    "task {} is {}, not running",
-                    task.id,
-                    task.status.as_str()
-                )));
-            }
-            task.progress.merge(
-                processed,
-                total,
-                step.as_deref(),
-                message.as_deref(),
-                std::iter::empty(),
-            );
-            task.updated_at = Utc::now();
-            Ok(vec![NewEvent::new(
-                EventKind::Progress,
-                serde_json::to_value(&task.progress).unwrap_or_default(),
-            )])
-        })?;
-        Ok(())
-    }
-
     pub fn registry(&self) -> &Arc<PluginRegistry> {
         &self.inner.registry
     }
@@ -387,7 +258,7 @@ impl Engine {
             .get_task(id)?
             .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
         // A task the caller may not read does not exist for it.
-        if !principal.may_read(&task) {
+        if !policy::may_read(principal, &task) {
             return Err(EngineError::TaskNotFound(id.to_owned()));
         }
         Ok(task)
@@ -401,7 +272,7 @@ impl Engine {
         verb: &str,
     ) -> Result<Task, EngineError> {
         let task = self.load(principal, id)?;
-        if !principal.may_control(&task) {
+        if !policy::may_control(principal, &task) {
             return Err(EngineError::Forbidden(format!(
                 "{} may not {verb} task {id}",
                 principal.name
@@ -439,7 +310,7 @@ impl Engine {
         new: NewTask,
         parent_id: Option<String>,
     ) -> Result<Task, EngineError> {
-        if !principal.may(&new.plugin, TaskAction::Create) {
+        if !policy::may_create(principal, &new.plugin, &self.plugin_access(&new.plugin)) {
             return Err(EngineError::Forbidden(format!(
                 "{} may not create tasks of {}",
                 principal.name, new.plugin
@@ -450,19 +321,22 @@ impl Engine {
         let mut input = new.input.clone();
         let secrets = seal_secrets(&mut input, &paths);
         let secret_list = secrets.as_ref().map(secret_strings).unwrap_or_default();
-        let timeout_limit = self.check_new_task(&new).await.map_err(|e| match e {
-            EngineError::Validation {
-                message,
-                mut details,
-            } => {
-                redact_value(&mut details, &secret_list);
+        let timeout_limit = self
+            .check_new_task(principal, &new)
+            .await
+            .map_err(|e| match e {
                 EngineError::Validation {
-                    message: redact(&message, &secret_list),
-                    details,
+                    message,
+                    mut details,
+                } => {
+                    redact_value(&mut details, &secret_list);
+                    EngineError::Validation {
+                        message: redact(&message, &secret_list),
+                        details,
+                    }
                 }
-            }
-            other => other,
-        })?;
+                other => other,
+            })?;
         let sealed_input = secrets.map(|s| self.inner.secrets.seal(&s));
         let now = Utc::now();
         let id = new
@@ -495,6 +369,8 @@ impl Engine {
             error: None,
             depends_on: new.depends_on,
             parent_id,
+            reporters: new.reporters,
+            created_via: principal.key_id.clone(),
             created_at: now,
             scheduled_at: scheduled,
             started_at: None,
@@ -547,7 +423,11 @@ impl Engine {
     }
 
     /// Checks a new task against the plugin and the API's rules; returns its timeout limit.
-    async fn check_new_task(&self, new: &NewTask) -> Result<u64, EngineError> {
+    async fn check_new_task(
+        &self,
+        principal: &Principal,
+        new: &NewTask,
+    ) -> Result<u64, EngineError> {
         if let Some(id) = &new.id
             && !valid_id(id)
         {
@@ -594,8 +474,27 @@ impl Engine {
                 "at most {MAX_DEPENDENCIES} dependencies"
             )));
         }
+        if new.reporters.len() > MAX_REPORTERS
+            || new.reporters.iter().any(|r| !valid_name(r) || r.len() > 64)
+        {
+            return Err(EngineError::validation(format!(
+                "reporters: at most {MAX_REPORTERS} usernames of 1-64 characters"
+            )));
+        }
+        if !new.reporters.is_empty() && new.executor != Executor::External {
+            return Err(EngineError::validation(
+                "reporters are for external tasks only; a plugin reports on its own tasks",
+            ));
+        }
         for dependency in &new.depends_on {
-            if !valid_id(dependency) || self.inner.storage.get_task(dependency)?.is_none() {
+            // A task the caller may not read does not exist for it here either.
+            let readable = valid_id(dependency)
+                && self
+                    .inner
+                    .storage
+                    .get_task(dependency)?
+                    .is_some_and(|task| policy::may_read(principal, &task));
+            if !readable {
                 return Err(EngineError::Validation {
                     message: format!("dependency {dependency} does not exist"),
                     details: json!({"field": "depends_on"}),
@@ -691,13 +590,20 @@ impl Engine {
         principal: &Principal,
         mut query: TaskQuery,
     ) -> Result<(Vec<Task>, u64), EngineError> {
-        if !principal.is_admin() {
-            match &query.owner {
-                Some(owner) if owner != &principal.name => return Ok((Vec::new(), 0)),
-                _ => query.owner = Some(principal.name.clone()),
-            }
+        if !query.narrow_to(&policy::read_scope(principal)) {
+            return Ok((Vec::new(), 0));
         }
         Ok(self.inner.storage.list_tasks(&query)?)
+    }
+
+    /// Who may create tasks of `plugin`, from its grants (open when it is not loaded).
+    pub fn plugin_access(&self, plugin: &str) -> PluginAccess {
+        self.inner
+            .registry
+            .get(plugin)
+            .map_or_else(PluginAccess::open, |loaded| {
+                PluginAccess::of(loaded.plugin.grants())
+            })
     }
 
     /// Cancels a task. A running plugin is asked to stop, then killed after the grace period;
@@ -839,140 +745,6 @@ impl Engine {
         Ok(self.inner.schedule(&task)?.unwrap_or(task))
     }
 
-    fn load_external(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self
-            .inner
-            .storage
-            .get_task(id)?
-            .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
-        if !principal.may_read(&task) && !principal.may_report(&task) {
-            return Err(EngineError::TaskNotFound(id.to_owned()));
-        }
-        if !principal.may_report(&task) {
-            return Err(EngineError::Forbidden(format!(
-                "{} may not report on task {id}",
-                principal.name
-            )));
-        }
-        if task.executor != Executor::External {
-            return Err(EngineError::Conflict(format!(
-                "task {id} is run by plugin {}; only external tasks take reports",
-                task.plugin
-            )));
-        }
-        Ok(task)
-    }
-
-    /// Progress reported by whatever performs an external task; a queued task starts.
-    pub async fn report_progress(
-        &self,
-        principal: &Principal,
-        id: &str,
-        report: ProgressReport,
-    ) -> Result<Task, EngineError> {
-        self.load_external(principal, id)?;
-        let (task, _) = self.inner.modify(id, |task| {
-            let mut events = Vec::new();
-            if task.status == TaskStatus::Queued {
-                transition(task, TaskStatus::Running)?;
-                task.attempt += 1;
-                task.started_at = Some(Utc::now());
-                events.push(NewEvent::new(
-                    EventKind::Started,
-                    json!({"attempt": task.attempt}),
-                ));
-            }
-            if task.status != TaskStatus::Running {
-                return Err(EngineError::Conflict(format!(
-                    "task {id} is {}; progress needs a running task",
-                    task.status
-                )));
-            }
-            apply_progress(&mut task.progress, &report)?;
-            task.updated_at = Utc::now();
-            events.push(NewEvent::new(
-                EventKind::Progress,
-                serde_json::to_value(&task.progress).unwrap_or_default(),
-            ));
-            Ok(events)
-        })?;
-        self.inner.durability.sync().await?;
-        Ok(task)
-    }
-
-    /// Status, result, error and progress reported for an external task.
-    pub async fn report_update(
-        &self,
-        principal: &Principal,
-        id: &str,
-        update: TaskUpdate,
-    ) -> Result<Task, EngineError> {
-        self.load_external(principal, id)?;
-        let (task, _) = self.inner.modify(id, |task| {
-            let mut events = Vec::new();
-            if let Some(next) = update.status
-                && next != task.status
-            {
-                let was = task.status;
-                transition(task, next)?;
-                let kind = match next {
-                    TaskStatus::Running if was == TaskStatus::Paused => EventKind::Resumed,
-                    TaskStatus::Running => {
-                        task.attempt += 1;
-                        task.started_at = Some(Utc::now());
-                        EventKind::Started
-                    }
-                    TaskStatus::Paused => EventKind::Paused,
-                    TaskStatus::Completed => EventKind::Completed,
-                    TaskStatus::Failed => EventKind::Failed,
-                    TaskStatus::Cancelled => EventKind::Cancelled,
-                    TaskStatus::Queued | TaskStatus::Scheduled => EventKind::Queued,
-                };
-                if next == TaskStatus::Failed && update.error.is_none() && task.error.is_none() {
-                    task.error = Some(TaskFailure::new(
-                        "EXTERNAL_FAILURE",
-                        "reported as failed",
-                        false,
-                    ));
-                }
-                events.push(NewEvent::new(
-                    kind,
-                    json!({"status": next, "attempt": task.attempt}),
-                ));
-            }
-            if let Some(progress) = &update.progress {
-                apply_progress(&mut task.progress, progress)?;
-                events.push(NewEvent::new(
-                    EventKind::Progress,
-                    serde_json::to_value(&task.progress).unwrap_or_default(),
-                ));
-            }
-            if let Some(result) = &update.result {
-                task.result = Some(result.clone());
-            }
-            if let Some(error) = &update.error {
-                task.error = Some(TaskFailure::new(
-                    &error.code,
-                    error.message.clone(),
-                    error.retryable,
-                ));
-            }
-            if task.status == TaskStatus::Completed
-                && let (Some(total), None) = (task.progress.total, task.progress.processed)
-            {
-                task.progress.processed = Some(total);
-                task.progress.refresh_percentage();
-            }
-            task.updated_at = Utc::now();
-            Ok(events)
-        })?;
-        self.inner.durability.sync().await?;
-        if task.status.is_terminal() {
-            self.inner.on_terminal(&task);
-        }
-        Ok(task)
-    }
-
     pub fn events(
         &self,
         principal: &Principal,
@@ -1017,7 +789,7 @@ impl Engine {
         data: Value,
     ) -> Result<Event, EngineError> {
         let task = self.load(principal, id)?;
-        if !principal.may_control(&task) && !principal.may_report(&task) {
+        if !policy::may_control(principal, &task) && !policy::may_report(principal, &task) {
             return Err(EngineError::Forbidden(format!(
                 "{} may not message task {id}",
                 principal.name
@@ -1041,8 +813,19 @@ impl Engine {
             .ok_or_else(|| EngineError::Storage(StorageError::Backend("no event stored".into())))
     }
 
-    /// Every loaded plugin's queue, and queues of tasks whose plugin is gone.
-    pub fn queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+    /// Every queue, for a principal that may see host-wide figures.
+    pub fn queues(&self, principal: &Principal) -> Result<Vec<QueueInfo>, EngineError> {
+        if !policy::may_see_host_figures(principal) {
+            return Err(EngineError::Forbidden(
+                "queue depths count every owner's tasks: an operator's view".into(),
+            ));
+        }
+        self.host_queues()
+    }
+
+    /// Every loaded plugin's queue, and queues of tasks whose plugin is gone (for the
+    /// operator's `/metrics` scrape and [`Engine::queues`]).
+    pub(crate) fn host_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
         let counts = self.inner.storage.status_counts()?;
         let paused = self.inner.storage.paused_queues()?;
         let mut names: Vec<String> = self
@@ -1091,7 +874,7 @@ impl Engine {
         plugin: &str,
         paused: bool,
     ) -> Result<QueueInfo, EngineError> {
-        if !principal.may_manage_plugins() {
+        if !policy::may_manage_queues(principal) {
             return Err(EngineError::Forbidden(
                 "pausing queues needs plugins:manage".into(),
             ));
@@ -1109,7 +892,7 @@ impl Engine {
             },
             json!({"plugin": plugin}),
         );
-        self.queues()?
+        self.host_queues()?
             .into_iter()
             .find(|q| q.plugin == plugin)
             .ok_or_else(|| EngineError::PluginNotFound(plugin.to_owned()))
@@ -1121,7 +904,7 @@ impl Engine {
         principal: &Principal,
         plugin: &str,
     ) -> Result<u64, EngineError> {
-        if !principal.may_manage_plugins() {
+        if !policy::may_manage_queues(principal) {
             return Err(EngineError::Forbidden(
                 "clearing queues needs plugins:manage".into(),
             ));
@@ -1145,8 +928,11 @@ impl Engine {
     }
 
     pub fn stats(&self, principal: &Principal, query: StatsQuery) -> Result<Stats, EngineError> {
-        let owner = (!principal.is_admin()).then(|| principal.name.clone());
-        stats::compute(self.inner.storage.as_ref(), &query, owner)
+        stats::compute(
+            self.inner.storage.as_ref(),
+            &query,
+            &policy::read_scope(principal),
+        )
     }
 
     /// Tasks of `plugin` that are running now.
@@ -1239,7 +1025,7 @@ impl Engine {
 }
 
 fn require_manage(principal: &Principal) -> Result<(), EngineError> {
-    if principal.may_manage_plugins() {
+    if policy::may_manage_plugins(principal) {
         Ok(())
     } else {
         Err(EngineError::Forbidden(
@@ -1255,53 +1041,23 @@ fn is_final_event(event: &Event) -> bool {
     ) || (event.kind == EventKind::Queued && event.data.get("requeued").is_some())
 }
 
-fn apply_progress(progress: &mut TaskProgress, report: &ProgressReport) -> Result<(), EngineError> {
-    if let (Some(done), Some(total)) = (
-        report.processed.or(progress.processed),
-        report.total.or(progress.total),
-    ) && done > total
-    {
-        return Err(EngineError::validation("processed cannot exceed total"));
-    }
-    for text in [&report.current_step, &report.message]
-        .into_iter()
-        .flatten()
-    {
-        if text.len() > 1024 {
-            return Err(EngineError::validation(
-                "current_step and message are at most 1024 characters",
-            ));
+impl Inner {
+    /// Who acts for `task` when it spawns children: the key that created it (cut down to its
+    /// owner's current rights), or its owner's current role; `None` when either is gone.
+    fn acting_principal(&self, task: &Task) -> Result<Option<Principal>, StorageError> {
+        match &task.created_via {
+            Some(key_id) => match self.storage.get_api_key(key_id)? {
+                Some(record) => principal_for_key(self.storage.as_ref(), &record)
+                    .map_err(|e| StorageError::Backend(e.to_string())),
+                None => Ok(None),
+            },
+            None => Ok(self
+                .storage
+                .get_user(&task.owner)?
+                .map(|user| Principal::with_role(&user.username, user.role))),
         }
     }
-    if let Some(metrics) = &report.metrics
-        && (metrics.len() > 64 || metrics.values().any(|v| !v.is_finite()))
-    {
-        return Err(EngineError::validation(
-            "at most 64 metrics, each a finite number",
-        ));
-    }
-    if report.processed.is_some() {
-        progress.processed = report.processed;
-    }
-    if report.total.is_some() {
-        progress.total = report.total;
-    }
-    if report.current_step.is_some() {
-        progress.current_step = report.current_step.clone();
-    }
-    if report.message.is_some() {
-        progress.message = report.message.clone();
-    }
-    if let Some(metrics) = &report.metrics {
-        progress
-            .metrics
-            .extend(metrics.iter().map(|(k, v)| (k.clone(), *v)));
-    }
-    progress.refresh_percentage();
-    Ok(())
-}
 
-impl Inner {
     /// [`schedule_new`](Self::schedule_new), then lets dependents of a task that failed at
     /// once follow it.
     fn schedule(&self, task: &Task) -> Result<Option<Task>, EngineError> {

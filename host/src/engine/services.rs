@@ -7,8 +7,8 @@ use chrono::Utc;
 use serde_json::json;
 use tracing::warn;
 
-use super::{Engine, EngineError, Inner, NewTask, transition};
-use crate::auth::{Principal, Role, redact, redact_value};
+use super::{Engine, EngineError, Inner, NewTask, ProgressReport, transition};
+use crate::auth::{redact, redact_value};
 use crate::model::{EventKind, NewEvent, Record, Task, TaskStatus};
 use crate::runners::{self, JobSpec, RunnerError, StepSpec};
 use crate::runtime::{
@@ -18,7 +18,9 @@ use crate::runtime::{
 use crate::storage::StorageError;
 
 /// Children one task may spawn.
-const MAX_CHILDREN: u64 = 10_000;
+const MAX_CHILDREN: u64 = 1_000;
+/// How deep a tree of tasks may grow (a root task is depth 0).
+const MAX_TREE_DEPTH: usize = 8;
 /// Longest single `wait-job`; a plugin waiting longer calls again (and checkpoints between).
 const MAX_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -29,6 +31,7 @@ fn runner_failure(error: RunnerError) -> HostError {
         }
         RunnerError::NotLeased(_) => host_error(ErrorKind::Failed, error.to_string()),
         RunnerError::Invalid(message) => host_error(ErrorKind::Invalid, message),
+        RunnerError::Forbidden(message) => host_error(ErrorKind::Denied, message),
     }
 }
 
@@ -105,6 +108,23 @@ impl EngineServices {
         )
     }
 
+    /// How many ancestors this task has (stops counting past the limit).
+    fn depth(&self) -> usize {
+        let mut depth = 0;
+        let mut parent = self.task.parent_id.clone();
+        while let Some(id) = parent {
+            depth += 1;
+            if depth >= MAX_TREE_DEPTH {
+                break;
+            }
+            parent = match self.inner.storage.get_task(&id) {
+                Ok(Some(task)) => task.parent_id,
+                _ => None,
+            };
+        }
+        depth
+    }
+
     fn set_paused(&self, paused: bool) {
         let (from, to, kind) = if paused {
             (TaskStatus::Running, TaskStatus::Paused, EventKind::Paused)
@@ -138,30 +158,45 @@ fn level_name(level: LogLevel) -> &'static str {
 
 #[async_trait]
 impl TaskServices for EngineServices {
-    async fn progress(&self, mut progress: Progress) {
-        progress.step = progress.step.map(|s| redact(&s, &self.secrets));
-        progress.message = progress.message.map(|m| redact(&m, &self.secrets));
+    fn redact(&self, text: &str) -> String {
+        redact(text, &self.secrets)
+    }
+
+    fn longest_secret(&self) -> usize {
+        self.secrets.iter().map(String::len).max().unwrap_or(0)
+    }
+
+    async fn progress(&self, progress: Progress) {
+        let report = ProgressReport {
+            processed: progress.processed,
+            total: progress.total,
+            current_step: progress.step,
+            message: progress.message,
+            metrics: (!progress.metrics.is_empty()).then(|| progress.metrics.into_iter().collect()),
+        }
+        .masked(&self.secrets);
         let result = self.inner.modify(&self.task.id, |task| {
             if task.status != TaskStatus::Running {
                 return Err(EngineError::Conflict(String::new()));
             }
-            task.progress.merge(
-                progress.processed,
-                progress.total,
-                progress.step.as_deref(),
-                progress.message.as_deref(),
-                progress.metrics.iter().cloned(),
-            );
+            report.apply_to(&mut task.progress)?;
             task.updated_at = Utc::now();
             Ok(vec![NewEvent::new(
                 EventKind::Progress,
                 serde_json::to_value(&task.progress).unwrap_or_default(),
             )])
         });
-        if let Err(e) = result
-            && !matches!(e, EngineError::Conflict(_))
-        {
-            warn!(task = %self.task.id, error = %e, "could not record progress");
+        match result {
+            Ok(_) | Err(EngineError::Conflict(_)) => {}
+            // Refused, not dropped silently: the task's log says why.
+            Err(EngineError::Validation { message, .. }) => {
+                self.log(
+                    LogLevel::Warn,
+                    format!("progress report refused: {message}"),
+                )
+                .await;
+            }
+            Err(e) => warn!(task = %self.task.id, error = %e, "could not record progress"),
         }
     }
 
@@ -184,7 +219,7 @@ impl TaskServices for EngineServices {
     ) -> Result<(), HostError> {
         redact_value(&mut data, &self.secrets);
         let record = Record {
-            collection,
+            collection: redact(&collection, &self.secrets),
             key: redact(&key, &self.secrets),
             data,
             updated_at: Utc::now(),
@@ -243,8 +278,24 @@ impl TaskServices for EngineServices {
         }
         let input = serde_json::from_str(&request.input)
             .map_err(|e| host_error(ErrorKind::Invalid, format!("child input is not JSON: {e}")))?;
-        // The child belongs to whoever owns the parent.
-        let owner = Principal::with_role(&self.task.owner, Role::User);
+        if self.depth() >= MAX_TREE_DEPTH {
+            return Err(host_error(
+                ErrorKind::LimitExceeded,
+                format!("a task tree is at most {MAX_TREE_DEPTH} levels deep"),
+            ));
+        }
+        // The child is created with the rights that created the parent, as they stand now:
+        // the same key (so its limits hold down the tree), or the owner's current role.
+        let owner = self
+            .inner
+            .acting_principal(&self.task)
+            .map_err(|e| self.storage_failure(e))?
+            .ok_or_else(|| {
+                host_error(
+                    ErrorKind::Denied,
+                    "the key or user that created this task no longer exists",
+                )
+            })?;
         let new = NewTask {
             plugin: request.plugin.unwrap_or_else(|| self.task.plugin.clone()),
             task_type: request.task_type,

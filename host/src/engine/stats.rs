@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::EngineError;
 use crate::model::{Task, TaskStatus};
+use crate::policy::ReadScope;
 use crate::storage::{Storage, TaskQuery};
 
 /// Filters of `GET /api/v1/stats`.
@@ -77,10 +78,9 @@ pub struct Stats {
 pub(super) fn compute(
     storage: &dyn Storage,
     query: &StatsQuery,
-    owner: Option<String>,
+    scope: &ReadScope,
 ) -> Result<Stats, EngineError> {
-    let listing = TaskQuery {
-        owner,
+    let mut listing = TaskQuery {
         labels: query.labels.clone(),
         created_after: query.created_after,
         created_before: query.created_before,
@@ -88,8 +88,12 @@ pub(super) fn compute(
         ascending: true,
         ..TaskQuery::default()
     };
-    let (tasks, _) = storage.list_tasks(&listing)?;
     let mut stats = Stats::default();
+    if !listing.narrow_to(scope) {
+        stats.overall.finish();
+        return Ok(stats);
+    }
+    let (tasks, _) = storage.list_tasks(&listing)?;
     let mut days: BTreeMap<String, Day> = BTreeMap::new();
     for task in &tasks {
         stats.overall.add(task);

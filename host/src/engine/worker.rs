@@ -259,7 +259,10 @@ impl Inner {
     ) {
         match &mut outcome {
             RunOutcome::Completed(value) => redact_value(value, secrets),
-            RunOutcome::Failed(failure) => failure.message = redact(&failure.message, secrets),
+            RunOutcome::Failed(failure) => {
+                failure.code = redact(&failure.code, secrets);
+                failure.message = redact(&failure.message, secrets);
+            }
         }
         let id = task.id.clone();
         let result = self.modify(&id, |task| {

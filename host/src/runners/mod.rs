@@ -19,6 +19,25 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+mod access;
+
+/// Longest log line a runner reports that is kept.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest step output tail kept.
+pub const MAX_OUTPUT_TAIL: usize = 64 * 1024;
+
+/// The last `max` bytes of `text` (the end of output says how it went).
+pub fn keep_end(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
 use crate::auth::{random_token, sha256_hex};
 use crate::lock;
 
@@ -60,6 +79,8 @@ pub enum RunnerError {
     NotLeased(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// One step of a job: a program and its arguments.
@@ -623,7 +644,11 @@ impl Runners {
         let mut state = lock(&self.state);
         let job = Self::leased_job(&mut state, runner_id, job_id)?;
         job.lease_until = Some(lease);
-        outcome.output_tail = crate::auth::redact(&outcome.output_tail, &job.secrets);
+        // Masked first, then cut: a cut must not leave the end of a secret behind.
+        outcome.output_tail = keep_end(
+            &crate::auth::redact(&outcome.output_tail, &job.secrets),
+            MAX_OUTPUT_TAIL,
+        );
         job.steps.push(outcome);
         Ok(job.context())
     }

@@ -4,6 +4,7 @@
 //! both parse into [`Grants`]. Nothing is granted by default.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,29 @@ pub struct Grants {
     /// otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runners: Option<RunnersGrant>,
+    /// Who may create the plugin's tasks.
+    #[serde(default, skip_serializing_if = "AccessGrant::is_default")]
+    pub access: AccessGrant,
+}
+
+/// Who may create a plugin's tasks (see [`crate::policy`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessGrant {
+    /// A restricted plugin's tasks are created only by admins, the `creators` below and keys
+    /// naming `<plugin>:create`; `*:create` does not cover it. Unset: restricted exactly when
+    /// the plugin is granted `runners` (its tasks run commands on runners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restricted: Option<bool>,
+    /// Users who may create tasks of the plugin when it is restricted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creators: Vec<String>,
+}
+
+impl AccessGrant {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -117,6 +141,13 @@ impl Grants {
         Ok(grants)
     }
 
+    /// Whether the plugin's tasks need an explicit grant to create (see [`AccessGrant`]).
+    pub fn is_restricted(&self) -> bool {
+        self.access
+            .restricted
+            .unwrap_or_else(|| self.runners.as_ref().is_some_and(|r| r.allow))
+    }
+
     pub fn to_toml(&self) -> String {
         // Serialising plain structs of strings, numbers and maps cannot fail.
         toml::to_string(self).unwrap_or_default()
@@ -160,6 +191,19 @@ impl Grants {
         Ok(())
     }
 
+    /// Whether the plugin may connect to the address `ip:port` (after its host name passed
+    /// [`allows_host`](Self::allows_host)): an internal address only when the operator lists
+    /// that address itself (`127.0.0.1:8080`, `[::1]`), never through `*` or a name.
+    pub fn allows_address(&self, ip: IpAddr, port: u16) -> bool {
+        !is_internal_address(ip)
+            || self
+                .http
+                .allow
+                .iter()
+                .filter_map(|p| HostPattern::parse(p).ok())
+                .any(|p| p.names_address(ip, port))
+    }
+
     /// Whether the plugin may connect to `host:port`.
     pub fn allows_host(&self, host: &str, port: u16) -> bool {
         self.http
@@ -167,6 +211,44 @@ impl Grants {
             .iter()
             .filter_map(|p| HostPattern::parse(p).ok())
             .any(|p| p.matches(host, port))
+    }
+}
+
+/// Whether `ip` is one an outside name should never lead to: loopback, private, link-local
+/// (cloud metadata at 169.254.169.254), shared, unspecified, multicast or reserved, and the
+/// IPv6 forms of all of them (IPv4-mapped and NAT64 addresses included).
+pub fn is_internal_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal_address(IpAddr::V4(v4));
+            }
+            let segments = v6.segments();
+            if segments[0] == 0x64 && segments[1] == 0xff9b {
+                let [.., c, d] = segments;
+                let embedded = Ipv4Addr::new((c >> 8) as u8, c as u8, (d >> 8) as u8, d as u8);
+                return is_internal_address(IpAddr::V4(embedded));
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (segments[0] & 0xfe00) == 0xfc00
+                || (segments[0] & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -226,6 +308,12 @@ impl HostPattern {
         Ok(Self { host, port })
     }
 
+    /// Whether this entry names `ip` itself (an IP literal), with a matching port.
+    fn names_address(&self, ip: IpAddr, port: u16) -> bool {
+        matches!(&self.host, HostMatch::Exact(exact) if exact.parse::<IpAddr>() == Ok(ip))
+            && self.port.is_none_or(|p| p == port)
+    }
+
     pub fn matches(&self, host: &str, port: u16) -> bool {
         let host = host
             .trim_start_matches('[')
@@ -263,6 +351,31 @@ mod tests {
 
         let v6 = HostPattern::parse("[::1]:9000").unwrap();
         assert!(v6.matches("[::1]", 9000));
+    }
+
+    #[test]
+    fn internal_addresses_need_the_operator_to_list_them_by_address() {
+        let mut grants = Grants::default();
+        grants.http.allow = vec!["*".into(), "127.0.0.1:8080".into()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(grants.allows_address(ip("93.184.216.34"), 443));
+        assert!(grants.allows_address(ip("127.0.0.1"), 8080));
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!grants.allows_address(ip(internal), 80), "{internal}");
+        }
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub use bindings::taskhost::plugin::runners::{
 pub use bindings::taskhost::plugin::tasks::{SpawnRequest, TaskState};
 pub use bindings::taskhost::plugin::types::{ErrorKind, HostError, TaskError as GuestTaskError};
 pub use control::{Directive, TaskControl};
-pub use grants::{FsMount, Grants, GrantsError, HostPattern, HttpGrant, Limits, RunnersGrant};
+pub use grants::{
+    AccessGrant, FsMount, Grants, GrantsError, HostPattern, HttpGrant, Limits, RunnersGrant,
+};
 pub use outcome::{RunOutcome, TaskFailure, codes};
 pub use plugin::{CompiledPlugin, Invocation, LoadError, PluginInfo, TaskTypeInfo};
 pub use services::{MemoryServices, TaskServices, host_error};
@@ -65,6 +67,10 @@ pub struct RuntimeConfig {
     /// Where compiled components are cached (keyed by content hash and engine settings).
     /// `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// Directories no grant may preopen, nor any directory inside or above them: the host's
+    /// data directory (keys, database), set by the host at start.
+    #[serde(skip)]
+    pub protected_dirs: Vec<PathBuf>,
     /// Instances alive at once across all plugins; sizes the pooling allocator.
     pub max_instances: u32,
     /// Largest memory any plugin may be granted, in MiB.
@@ -95,6 +101,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
+            protected_dirs: Vec::new(),
             max_instances: 256,
             max_memory_mb: 4096,
             epoch_tick_ms: 10,

@@ -144,6 +144,16 @@ fn truncate_message(mut message: String) -> String {
     message
 }
 
+/// Whether one of two directories holds the other (or they are the same), once symlinks and
+/// `..` are resolved.
+fn overlaps(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a.starts_with(&b) || b.starts_with(&a),
+        // A path that cannot be resolved is refused by the grant check itself.
+        _ => false,
+    }
+}
+
 impl Runtime {
     /// Compiles and checks a component, calls its `describe`, and returns it ready to run.
     /// Compilation runs on a blocking thread (it takes tens of milliseconds or more).
@@ -153,6 +163,17 @@ impl Runtime {
         grants
             .validate()
             .map_err(|e| LoadError::Grants(e.to_string()))?;
+        if let Some(mount) = grants.fs.iter().find(|m| {
+            self.config()
+                .protected_dirs
+                .iter()
+                .any(|protected| overlaps(&m.host, protected))
+        }) {
+            return Err(LoadError::Grants(format!(
+                "fs mount {} would expose the host's data directory (keys, database) to the plugin",
+                mount.host.display()
+            )));
+        }
         let max_memory = self.config().max_memory_mb;
         if grants.limits.memory_mb > max_memory {
             return Err(LoadError::Grants(format!(

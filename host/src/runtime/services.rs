@@ -38,6 +38,18 @@ fn unavailable(what: &str) -> HostError {
 pub trait TaskServices: Send + Sync + 'static {
     async fn progress(&self, progress: Progress);
 
+    /// `text` with the run's secrets masked; the runtime masks before it cuts a long line, so
+    /// a secret across the cut cannot leak its start.
+    fn redact(&self, text: &str) -> String {
+        text.to_owned()
+    }
+
+    /// Length of the run's longest secret (0 without secrets), so a line split mid-way keeps
+    /// back enough to mask a secret that the next write completes.
+    fn longest_secret(&self) -> usize {
+        0
+    }
+
     async fn log(&self, level: LogLevel, message: String);
 
     /// Stores one output item; the runtime has already checked sizes and JSON syntax.

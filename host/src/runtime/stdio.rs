@@ -96,8 +96,7 @@ impl OutputState {
             } else {
                 self.partial.extend_from_slice(chunk);
                 if self.partial.len() >= MAX_LINE_BYTES {
-                    let line = std::mem::take(&mut self.partial);
-                    self.send_line(&line);
+                    self.split_long_line();
                 }
             }
         }
@@ -109,11 +108,42 @@ impl OutputState {
         }
     }
 
+    /// Logs the first part of an overlong line. It is masked first, and the part that could
+    /// be the start of a secret the next write completes stays in `partial`.
+    fn split_long_line(&mut self) {
+        let line = std::mem::take(&mut self.partial);
+        let masked = self.services.redact(&String::from_utf8_lossy(&line));
+        let keep = self
+            .services
+            .longest_secret()
+            .saturating_sub(1)
+            .min(MAX_LINE_BYTES / 2);
+        let mut cut = masked.len().saturating_sub(keep);
+        while !masked.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.partial = masked.as_bytes()[cut..].to_vec();
+        self.send_line(&masked.as_bytes()[..cut]);
+    }
+
+    /// Logs one line, masked first and then, past [`MAX_LINE_BYTES`], in pieces: no piece
+    /// can hold part of a secret, and nothing of the line is lost.
     fn send_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = &line[..line.len().min(MAX_LINE_BYTES)];
-        let text = format!("{}: {}", self.prefix, String::from_utf8_lossy(line));
-        self.send_text(text);
+        let text = self.services.redact(&String::from_utf8_lossy(line));
+        let mut rest = text.as_str();
+        loop {
+            let mut cut = rest.len().min(MAX_LINE_BYTES);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            self.send_text(format!("{}: {piece}", self.prefix));
+            rest = tail;
+            if rest.is_empty() {
+                break;
+            }
+        }
     }
 
     fn send_text(&mut self, text: String) {

@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, watch};
 pub use sled_store::SledStorage;
 
 use crate::model::{ApiKeyRecord, Event, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord};
+use crate::policy::ReadScope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -57,6 +58,8 @@ pub enum SortField {
 pub struct TaskQuery {
     pub status: Option<TaskStatus>,
     pub plugin: Option<String>,
+    /// Only tasks of these plugins (a plugin-scoped key's reach); `None`: any.
+    pub plugins: Option<Vec<String>>,
     pub task_type: Option<String>,
     pub owner: Option<String>,
     pub labels: Vec<(String, String)>,
@@ -69,10 +72,37 @@ pub struct TaskQuery {
 }
 
 impl TaskQuery {
+    /// Narrows the query to what `scope` lets its caller see; false when nothing can match
+    /// (another owner's tasks, a plugin outside the scope).
+    pub fn narrow_to(&mut self, scope: &ReadScope) -> bool {
+        if let Some(owner) = &scope.owner {
+            if self.owner.as_ref().is_some_and(|asked| asked != owner) {
+                return false;
+            }
+            self.owner = Some(owner.clone());
+        }
+        if let Some(plugins) = &scope.plugins {
+            if plugins.is_empty()
+                || self
+                    .plugin
+                    .as_ref()
+                    .is_some_and(|asked| !plugins.contains(asked))
+            {
+                return false;
+            }
+            self.plugins = Some(plugins.clone());
+        }
+        true
+    }
+
     /// Whether `task` passes every filter.
     pub fn matches(&self, task: &Task) -> bool {
         self.status.is_none_or(|s| task.status == s)
             && self.plugin.as_ref().is_none_or(|p| &task.plugin == p)
+            && self
+                .plugins
+                .as_ref()
+                .is_none_or(|p| p.contains(&task.plugin))
             && self.task_type.as_ref().is_none_or(|t| &task.task_type == t)
             && self.owner.as_ref().is_none_or(|o| &task.owner == o)
             && self

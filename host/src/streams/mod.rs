@@ -426,7 +426,7 @@ impl Hub {
             let Some(subscriber) = state.connections.get(&id) else {
                 continue;
             };
-            if !subscriber.principal.may_read_event(&live.event) {
+            if !crate::policy::may_read_event(&subscriber.principal, &live.event) {
                 continue;
             }
             if let Some(queue) = &subscriber.queue
@@ -754,7 +754,7 @@ impl Replay {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        self.principal.may_read_event(event)
+        crate::policy::may_read_event(&self.principal, event)
             && self.topics.iter().any(|t| t.matches(event))
             && !self
                 .live

@@ -8,8 +8,10 @@
 //! - `busy_loop`: spins forever without calling the host (only the wall-clock limit stops it).
 //! - `memory_hog`: `{"mb_per_step"?}` — allocates until the memory limit stops it.
 //! - `host_calls`: calls every host import and reports what each answered.
-//! - `leak_secret`: `{"credentials": {"access_token"}}` (writeOnly) — tries to leak the token
-//!   through every channel a plugin has, to show that the host masks it everywhere.
+//! - `leak_secret`: `{"credentials": {"access_token"}, "fail"?}` (writeOnly) — tries to leak the
+//!   token through every channel a plugin has (log, stdout, progress text and metric names,
+//!   record keys and collections, lines long enough to be cut, the result, or with `fail` the
+//!   error code and message), to show that the host masks it everywhere.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -99,6 +101,7 @@ impl Plugin for Testkit {
                         },
                         "required": ["access_token"],
                     },
+                    "fail": {"type": "boolean"},
                 },
                 "required": ["credentials"],
             }),
@@ -110,10 +113,12 @@ impl Plugin for Testkit {
                 "type": "object",
                 "properties": {
                     "http_url": {"type": "string"},
+                    "http_headers": {"type": "object", "additionalProperties": {"type": "string"}},
                     "read_file": {"type": "string"},
                     "write_file": {"type": "string"},
                     "spawn": {"type": "boolean"},
                     "stdout": {"type": "string"},
+                    "progress_metrics": {"type": "integer", "minimum": 0, "maximum": 1000},
                 },
                 "additionalProperties": false,
             }),
@@ -225,6 +230,23 @@ fn leak_secret(input: &Value) -> Result<Value, TaskError> {
         .message(&format!("authenticated with {token}"))
         .report();
     records::emit("tokens", token, &json!({"token": token}))?;
+    // Channels that are names, not text: a metric, a record collection.
+    Progress::new().metric(&format!("m-{token}"), 1.0).report();
+    records::emit(&format!("col-{token}"), "k", &json!({}))?;
+    // A line long enough to be cut, with the token across the cut.
+    let filler = "x".repeat(16 * 1024 - token.len() / 2);
+    println!("{filler}{token} after the cut");
+    log::info(&format!(
+        "{}{token}",
+        "y".repeat(16 * 1024 - token.len() / 2)
+    ));
+    if input["fail"].as_bool().unwrap_or(false) {
+        return Err(TaskError {
+            code: format!("BAD_{token}"),
+            message: format!("failed using {token}"),
+            retryable: false,
+        });
+    }
     Ok(json!({
         "token": token,
         "token_length": token.len(),
@@ -278,15 +300,36 @@ fn host_calls(ctx: &Context) -> Value {
     report.insert("kv".into(), outcome(kv_round_trip, |v| v));
 
     if let Some(url) = input["http_url"].as_str() {
+        let mut headers = vec![("accept".to_owned(), "text/plain".to_owned())];
+        if let Some(extra) = input["http_headers"].as_object() {
+            headers.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())),
+            );
+        }
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         report.insert(
             "http".into(),
-            outcome(http::get(url, &[("accept", "text/plain")]), |response| {
+            outcome(http::get(url, &headers), |response| {
                 json!({
                     "status": response.status,
                     "body": String::from_utf8_lossy(&response.body),
                 })
             }),
         );
+    }
+
+    if let Some(count) = input["progress_metrics"].as_u64() {
+        // More distinct metrics than the host keeps: the report is refused, not stored.
+        let mut flood = Progress::new().step("many metrics");
+        for i in 0..count {
+            flood = flood.metric(&format!("metric_{i}"), i as f64);
+        }
+        flood.report();
     }
 
     if input["spawn"].as_bool().unwrap_or(false) {

@@ -21,6 +21,18 @@ use crate::runtime::{ErrorKind, HostError, RuntimeShared};
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 10;
 
+/// Headers that carry credentials: dropped when a redirect leaves the origin they were meant
+/// for, so a token is never handed to the next allowed host.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "private-token",
+    "job-token",
+    "x-api-key",
+    "x-auth-token",
+];
+
 /// The runtime's shared HTTP client.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
@@ -71,6 +83,44 @@ fn allowed_url(grants: &Grants, url: &str) -> Result<Url, HostError> {
     Ok(url)
 }
 
+fn internal_refused(host: &str, ip: std::net::IpAddr) -> HostError {
+    host_error(
+        ErrorKind::Denied,
+        format!(
+            "{host} is at the internal address {ip}, which the operator has not listed in http.allow"
+        ),
+    )
+}
+
+/// Resolves `url`'s host and refuses it when any address it names is internal and not listed
+/// by address (so `*` or a name rebound to 169.254.169.254 or 127.0.0.1 reaches nothing).
+async fn check_resolved(grants: &Grants, url: &Url) -> Result<(), HostError> {
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(0);
+    let addresses: Vec<std::net::SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![(ip, port).into()],
+        Some(url::Host::Ipv6(ip)) => vec![(ip, port).into()],
+        _ => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| host_error(ErrorKind::Failed, format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
+    match addresses
+        .iter()
+        .find(|a| !grants.allows_address(a.ip(), port))
+    {
+        Some(refused) => Err(internal_refused(host, refused.ip())),
+        None => Ok(()),
+    }
+}
+
+/// Whether two URLs share scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 fn failed(e: reqwest::Error) -> HostError {
     if e.is_timeout() {
         host_error(ErrorKind::Timeout, "the request timed out")
@@ -118,6 +168,10 @@ async fn fetch_checked(
     for (name, value) in &request.headers {
         let name = header::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| host_error(ErrorKind::Invalid, format!("invalid header name {name:?}")))?;
+        // The host sets Host from the checked URL; a guest's own would reach another vhost.
+        if name == header::HOST {
+            continue;
+        }
         let value = header::HeaderValue::from_str(value).map_err(|_| {
             host_error(
                 ErrorKind::Invalid,
@@ -136,6 +190,7 @@ async fn fetch_checked(
     let mut method = method;
     let mut body = request.body;
     for _ in 0..=MAX_REDIRECTS {
+        check_resolved(grants, &url).await?;
         let mut builder = shared
             .http
             .client
@@ -146,6 +201,15 @@ async fn fetch_checked(
             builder = builder.body(body.clone());
         }
         let response = builder.send().await.map_err(failed)?;
+        // What was actually connected to, in case the name resolved anew in between.
+        if let Some(peer) = response.remote_addr()
+            && !grants.allows_address(peer.ip(), peer.port())
+        {
+            return Err(internal_refused(
+                url.host_str().unwrap_or_default(),
+                peer.ip(),
+            ));
+        }
         let status = response.status();
         if status.is_redirection()
             && let Some(location) = response.headers().get(header::LOCATION)
@@ -156,7 +220,13 @@ async fn fetch_checked(
             let next = url.join(location).map_err(|e| {
                 host_error(ErrorKind::Failed, format!("invalid redirect Location: {e}"))
             })?;
-            url = allowed_url(grants, next.as_str())?;
+            let next = allowed_url(grants, next.as_str())?;
+            if !same_origin(&url, &next) {
+                for name in CREDENTIAL_HEADERS {
+                    headers.remove(*name);
+                }
+            }
+            url = next;
             // 303, and 301/302 after a POST, turn into a GET without body (as browsers do).
             if status == reqwest::StatusCode::SEE_OTHER
                 || (method == Method::POST && status.as_u16() <= 302)

@@ -7,10 +7,6 @@ use crate::runtime::services::host_error;
 use crate::runtime::state::HostState;
 use crate::runtime::{ErrorKind, HostError};
 
-/// Longest progress step or message kept.
-const MAX_PROGRESS_TEXT: usize = 1024;
-/// Most metrics one progress report may carry.
-const MAX_METRICS: usize = 64;
 /// Longest collection name or key.
 const MAX_RECORD_NAME: usize = 256;
 
@@ -26,21 +22,15 @@ fn truncate(text: &mut String, max: usize) {
 
 impl Host for HostState {
     #[instrument(level = "trace", skip_all, fields(plugin = %self.plugin))]
-    async fn report_progress(&mut self, mut progress: Progress) -> wasmtime::Result<()> {
-        if let Some(step) = progress.step.as_mut() {
-            truncate(step, MAX_PROGRESS_TEXT);
-        }
-        if let Some(message) = progress.message.as_mut() {
-            truncate(message, MAX_PROGRESS_TEXT);
-        }
-        progress.metrics.truncate(MAX_METRICS);
-        progress.metrics.retain(|(_, value)| value.is_finite());
+    async fn report_progress(&mut self, progress: Progress) -> wasmtime::Result<()> {
+        // The caps are the engine's, the same for every reporter (`engine::progress`).
         self.services.progress(progress).await;
         Ok(())
     }
 
     #[instrument(level = "trace", skip_all, fields(plugin = %self.plugin))]
-    async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
+    async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let mut message = self.services.redact(&message);
         truncate(&mut message, self.shared.config.max_log_line_bytes);
         self.services.log(level, message).await;
         Ok(())

@@ -1,0 +1,310 @@
+//! Reports on tasks from outside a plugin run: external executors (`POST .../progress`,
+//! `PUT /tasks/{id}`) and runners working on delegated jobs. Who may report is
+//! [`policy::may_report`]'s decision; what a report may hold is bounded here and in
+//! [`ProgressReport::apply_to`], the one progress path.
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Engine, EngineError, ProgressReport, transition};
+use crate::auth::{Principal, redact};
+use crate::model::{EventKind, Executor, NewEvent, Task, TaskStatus};
+use crate::policy;
+use crate::runners::{self, Artifact, JobContext, JobState, JobStatus, StepOutcome};
+use crate::runtime::TaskFailure;
+
+/// Longest error code a reporter may set.
+const MAX_ERROR_CODE: usize = 64;
+/// Longest error message a reporter may set, in bytes.
+const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// A status report for an external task.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskUpdate {
+    pub status: Option<TaskStatus>,
+    pub result: Option<Value>,
+    pub error: Option<ReportedError>,
+    pub progress: Option<ProgressReport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedError {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// A finished task's outcome is final: no reporter rewrites it.
+fn refuse_finished(task: &Task) -> Result<(), EngineError> {
+    if task.status.is_terminal() {
+        return Err(EngineError::Conflict(format!(
+            "task {} is {}; a finished task takes no reports",
+            task.id, task.status
+        )));
+    }
+    Ok(())
+}
+
+impl TaskUpdate {
+    fn check(&self) -> Result<(), EngineError> {
+        if let Some(error) = &self.error {
+            let code_ok = (1..=MAX_ERROR_CODE).contains(&error.code.len())
+                && error
+                    .code
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !code_ok {
+                return Err(EngineError::validation(format!(
+                    "error.code must be 1-{MAX_ERROR_CODE} characters of A-Z, a-z, 0-9, '_', '-', '.'"
+                )));
+            }
+            if error.message.len() > MAX_ERROR_MESSAGE {
+                return Err(EngineError::validation(format!(
+                    "error.message is at most {MAX_ERROR_MESSAGE} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Stores a log line a runner sent about a job of `job.task_id`, masked.
+    pub fn runner_log(&self, job: &JobContext, level: &str, line: &str) -> Result<(), EngineError> {
+        let task = self
+            .inner
+            .storage
+            .get_task(&job.task_id)?
+            .ok_or_else(|| EngineError::TaskNotFound(job.task_id.clone()))?;
+        let line = runners::keep_end(&redact(line, &job.secrets), runners::MAX_LINE_BYTES);
+        self.inner.storage.append_log(&task, level, &line)?;
+        Ok(())
+    }
+
+    /// Records a step a runner finished, on the job and as a line in the task's log.
+    pub fn runner_step_finished(
+        &self,
+        runner_id: &str,
+        job_id: &str,
+        outcome: StepOutcome,
+    ) -> Result<(), EngineError> {
+        let line = match outcome.exit_code {
+            Some(code) => format!(
+                "step {} exited with {code} after {} ms",
+                outcome.name, outcome.duration_ms
+            ),
+            None => format!(
+                "step {} ended without an exit code (killed, timed out or not started) after {} ms",
+                outcome.name, outcome.duration_ms
+            ),
+        };
+        let level = if outcome.exit_code == Some(0) {
+            "info"
+        } else {
+            "warn"
+        };
+        let context = self
+            .inner
+            .runners
+            .step_finished(runner_id, job_id, outcome)?;
+        self.runner_log(&context, level, &line)
+    }
+
+    /// Ends a job with its runner's outcome; the task's log says how it ended and lists what
+    /// the job left behind, so a client sees it without asking the runner.
+    pub fn runner_finish(
+        &self,
+        runner_id: &str,
+        job_id: &str,
+        status: JobStatus,
+        artifacts: Vec<Artifact>,
+    ) -> Result<JobState, EngineError> {
+        let state = self
+            .inner
+            .runners
+            .finish(runner_id, job_id, status, artifacts)?;
+        let context = self.inner.runners.job_context(job_id)?;
+        for artifact in &state.artifacts {
+            let line = format!(
+                "artifact {} ({} bytes, sha256 {})",
+                artifact.path, artifact.size_bytes, artifact.sha256
+            );
+            self.runner_log(&context, "info", &line)?;
+        }
+        let status = serde_json::to_value(state.status).unwrap_or_default();
+        let line = format!(
+            "job {job_id} ended {} on runner {runner_id}",
+            status.as_str().unwrap_or("")
+        );
+        self.runner_log(&context, "info", &line)?;
+        Ok(state)
+    }
+
+    /// Applies a runner's progress report to the job's task (while it runs), through the same
+    /// checks as every other report.
+    pub fn runner_progress(
+        &self,
+        job: &JobContext,
+        report: ProgressReport,
+    ) -> Result<(), EngineError> {
+        let report = report.masked(&job.secrets);
+        self.inner.modify(&job.task_id, |task| {
+            if task.status != TaskStatus::Running {
+                return Err(EngineError::Conflict(format!(
+                    "task {} is {}, not running",
+                    task.id,
+                    task.status.as_str()
+                )));
+            }
+            report.apply_to(&mut task.progress)?;
+            task.updated_at = Utc::now();
+            Ok(vec![NewEvent::new(
+                EventKind::Progress,
+                serde_json::to_value(&task.progress).unwrap_or_default(),
+            )])
+        })?;
+        Ok(())
+    }
+
+    fn load_external(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        let task = self
+            .inner
+            .storage
+            .get_task(id)?
+            .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
+        if !policy::may_find(principal, &task) {
+            return Err(EngineError::TaskNotFound(id.to_owned()));
+        }
+        if !policy::may_report(principal, &task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not report on task {id}",
+                principal.name
+            )));
+        }
+        if task.executor != Executor::External {
+            return Err(EngineError::Conflict(format!(
+                "task {id} is run by plugin {}; only external tasks take reports",
+                task.plugin
+            )));
+        }
+        refuse_finished(&task)?;
+        Ok(task)
+    }
+
+    /// Progress reported by whatever performs an external task; a queued task starts.
+    pub async fn report_progress(
+        &self,
+        principal: &Principal,
+        id: &str,
+        report: ProgressReport,
+    ) -> Result<Task, EngineError> {
+        self.load_external(principal, id)?;
+        let (task, _) = self.inner.modify(id, |task| {
+            let mut events = Vec::new();
+            if task.status == TaskStatus::Queued {
+                transition(task, TaskStatus::Running)?;
+                task.attempt += 1;
+                task.started_at = Some(Utc::now());
+                events.push(NewEvent::new(
+                    EventKind::Started,
+                    json!({"attempt": task.attempt}),
+                ));
+            }
+            if task.status != TaskStatus::Running {
+                return Err(EngineError::Conflict(format!(
+                    "task {id} is {}; progress needs a running task",
+                    task.status
+                )));
+            }
+            report.apply_to(&mut task.progress)?;
+            task.updated_at = Utc::now();
+            events.push(NewEvent::new(
+                EventKind::Progress,
+                serde_json::to_value(&task.progress).unwrap_or_default(),
+            ));
+            Ok(events)
+        })?;
+        self.inner.durability.sync().await?;
+        Ok(task)
+    }
+
+    /// Status, result, error and progress reported for an external task.
+    pub async fn report_update(
+        &self,
+        principal: &Principal,
+        id: &str,
+        update: TaskUpdate,
+    ) -> Result<Task, EngineError> {
+        self.load_external(principal, id)?;
+        update.check()?;
+        let (task, _) = self.inner.modify(id, |task| {
+            let mut events = Vec::new();
+            // Checked again under the write: it may have finished since it was loaded.
+            refuse_finished(task)?;
+            if let Some(next) = update.status
+                && next != task.status
+            {
+                let was = task.status;
+                transition(task, next)?;
+                let kind = match next {
+                    TaskStatus::Running if was == TaskStatus::Paused => EventKind::Resumed,
+                    TaskStatus::Running => {
+                        task.attempt += 1;
+                        task.started_at = Some(Utc::now());
+                        EventKind::Started
+                    }
+                    TaskStatus::Paused => EventKind::Paused,
+                    TaskStatus::Completed => EventKind::Completed,
+                    TaskStatus::Failed => EventKind::Failed,
+                    TaskStatus::Cancelled => EventKind::Cancelled,
+                    TaskStatus::Queued | TaskStatus::Scheduled => EventKind::Queued,
+                };
+                if next == TaskStatus::Failed && update.error.is_none() && task.error.is_none() {
+                    task.error = Some(TaskFailure::new(
+                        "EXTERNAL_FAILURE",
+                        "reported as failed",
+                        false,
+                    ));
+                }
+                events.push(NewEvent::new(
+                    kind,
+                    json!({"status": next, "attempt": task.attempt}),
+                ));
+            }
+            if let Some(progress) = &update.progress {
+                progress.apply_to(&mut task.progress)?;
+                events.push(NewEvent::new(
+                    EventKind::Progress,
+                    serde_json::to_value(&task.progress).unwrap_or_default(),
+                ));
+            }
+            if let Some(result) = &update.result {
+                task.result = Some(result.clone());
+            }
+            if let Some(error) = &update.error {
+                task.error = Some(TaskFailure::new(
+                    &error.code,
+                    error.message.clone(),
+                    error.retryable,
+                ));
+            }
+            if task.status == TaskStatus::Completed
+                && let (Some(total), None) = (task.progress.total, task.progress.processed)
+            {
+                task.progress.processed = Some(total);
+                task.progress.refresh_percentage();
+            }
+            task.updated_at = Utc::now();
+            Ok(events)
+        })?;
+        self.inner.durability.sync().await?;
+        if task.status.is_terminal() {
+            self.inner.on_terminal(&task);
+        }
+        Ok(task)
+    }
+}

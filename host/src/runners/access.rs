@@ -1,0 +1,64 @@
+//! What people (not runners) do with the registry: register, list, inspect and remove
+//! runners, each after [`policy`]'s decision. Registration is an operator right; a key may be
+//! limited to some labels, so it cannot claim a pool set aside for another plugin.
+
+use super::{Registered, RunnerError, RunnerView, Runners};
+use crate::auth::Principal;
+use crate::policy;
+
+impl Runners {
+    /// Registers a runner on behalf of `by`.
+    pub fn register_as(
+        &self,
+        by: &Principal,
+        name: &str,
+        labels: Vec<String>,
+        capacity: u32,
+    ) -> Result<Registered, RunnerError> {
+        if !policy::may_register_runners(by) {
+            return Err(RunnerError::Forbidden(
+                "registering runners is an operator right: an admin, or a key an admin made with runners:register".into(),
+            ));
+        }
+        let refused = policy::refused_runner_labels(by, &labels);
+        if !refused.is_empty() {
+            return Err(RunnerError::Forbidden(format!(
+                "this key may not register runners carrying {refused:?}"
+            )));
+        }
+        self.register(&by.name, name, labels, capacity)
+    }
+
+    /// The runners `by` may see: all for an admin, its own registrations otherwise.
+    pub fn list_for(&self, by: &Principal) -> Result<Vec<RunnerView>, RunnerError> {
+        if !policy::may_register_runners(by) {
+            return Err(RunnerError::Forbidden(
+                "listing runners needs the runners:register right".into(),
+            ));
+        }
+        Ok(self
+            .list()
+            .into_iter()
+            .filter(|r| policy::may_manage_runner(by, &r.owner))
+            .collect())
+    }
+
+    /// One runner, if `by` may see it (an operator's runner it may not see is not found).
+    pub fn get_for(&self, by: &Principal, id: &str) -> Result<RunnerView, RunnerError> {
+        if !policy::may_register_runners(by) {
+            return Err(RunnerError::Forbidden(
+                "runners are managed with the runners:register right".into(),
+            ));
+        }
+        self.get(id)
+            .ok()
+            .filter(|r| policy::may_manage_runner(by, &r.owner))
+            .ok_or_else(|| RunnerError::UnknownRunner(id.to_owned()))
+    }
+
+    /// Removes a runner: its registrant or an admin only.
+    pub fn remove_as(&self, by: &Principal, id: &str) -> Result<(), RunnerError> {
+        self.get_for(by, id)?;
+        self.unregister(id)
+    }
+}
