@@ -437,11 +437,16 @@ pub fn document() -> Value {
             .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        let media = if *response == "Text" {
+            "application/openmetrics-text"
+        } else {
+            "application/json"
+        };
         let mut operation = json!({
             "summary": summary,
             "parameters": parameters,
             "responses": {
-                status.to_string(): {"description": "success", "content": {"application/json": {"schema": schema_ref(response)}}},
+                status.to_string(): {"description": "success", "content": {media: {"schema": schema_ref(response)}}},
                 "default": {"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}},
             },
         });
@@ -480,7 +485,7 @@ pub fn document() -> Value {
                     "id": {"type": "string"}, "plugin": {"type": "string"}, "type": {"type": "string"},
                     "status": {"type": "string", "enum": ["queued", "scheduled", "running", "paused", "completed", "failed", "cancelled"]},
                     "executor": {"type": "string", "enum": ["plugin", "external"]},
-                    "input": object, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "input": {}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     "priority": {"type": "integer"}, "owner": {"type": "string"}, "progress": schema_ref("Progress"),
                     "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"}, "timeout_s": {"type": "integer"},
                     "result": {}, "error": schema_ref("TaskError"), "depends_on": {"type": "array", "items": {"type": "string"}},
@@ -490,42 +495,56 @@ pub fn document() -> Value {
                     "updated_at": {"type": "string", "format": "date-time"},
                 }},
                 "CreateTask": {"type": "object", "required": ["plugin", "type"], "additionalProperties": false, "properties": {
-                    "plugin": {"type": "string"}, "type": {"type": "string"}, "input": {}, "id": {"type": "string"},
-                    "labels": {"type": "object", "additionalProperties": {"type": "string"}}, "priority": {"type": "integer"},
-                    "max_attempts": {"type": "integer"}, "timeout_s": {"type": "integer"}, "run_at": {"type": "string", "format": "date-time"},
-                    "depends_on": {"type": "array", "items": {"type": "string"}}, "executor": {"type": "string", "enum": ["plugin", "external"]},
-                    "reporters": {"type": "array", "maxItems": 16, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+                    "plugin": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"},
+                    "type": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"},
+                    "input": {}, "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                    "labels": {"type": "object", "maxProperties": 32, "propertyNames": {"pattern": "^[A-Za-z0-9._/-]{1,64}$"},
+                        "additionalProperties": {"type": "string", "maxLength": 256, "pattern": "^[^=\\x00-\\x1f\\x7f]*$"}},
+                    "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                    "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "timeout_s": {"type": "integer", "minimum": 1, "maximum": 604800},
+                    "run_at": {"type": "string", "format": "date-time"},
+                    "depends_on": {"type": "array", "maxItems": 100, "items": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
+                    "executor": {"type": "string", "enum": ["plugin", "external"]},
+                    "reporters": {"type": "array", "maxItems": 16, "description": "users besides the owner who may report on an external task", "items": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"}},
                 }},
                 "Progress": {"type": "object", "properties": {
                     "processed": {"type": "integer", "nullable": true}, "total": {"type": "integer", "nullable": true},
                     "percentage": {"type": "number", "nullable": true}, "current_step": {"type": "string", "nullable": true},
                     "message": {"type": "string", "nullable": true}, "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
                 }},
-                "ProgressReport": {"type": "object", "additionalProperties": false, "properties": {
-                    "processed": {"type": "integer"}, "total": {"type": "integer"}, "current_step": {"type": "string"},
-                    "message": {"type": "string"}, "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "ProgressReport": {"type": "object", "additionalProperties": false,
+                    "description": "processed may not exceed total; a task holds at most 64 distinct metrics and 16 KiB of progress",
+                    "properties": {
+                    "processed": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "total": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
+                    "current_step": {"type": "string", "maxLength": 1024}, "message": {"type": "string", "maxLength": 1024},
+                    "metrics": {"type": "object", "maxProperties": 64, "propertyNames": {"pattern": "^[A-Za-z0-9_.:/*-]{1,64}$"}, "additionalProperties": {"type": "number"}},
                 }},
                 "TaskUpdate": {"type": "object", "additionalProperties": false, "properties": {
-                    "status": {"type": "string"}, "result": {}, "error": schema_ref("TaskError"), "progress": schema_ref("ProgressReport"),
+                    "status": {"type": "string", "enum": ["queued", "scheduled", "running", "paused", "completed", "failed", "cancelled"]},
+                    "result": {}, "error": schema_ref("ReportedError"), "progress": schema_ref("ProgressReport"),
+                }},
+                "ReportedError": {"type": "object", "required": ["code", "message"], "additionalProperties": false, "properties": {
+                    "code": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "message": {"type": "string", "maxLength": 4096}, "retryable": {"type": "boolean"},
                 }},
                 "TaskError": {"type": "object", "nullable": true, "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}},
                 "TaskProgressView": object,
                 "Event": {"type": "object", "properties": {
                     "seq": {"type": "integer"}, "task_id": {"type": "string"}, "type": {"type": "string"}, "data": {}, "timestamp": {"type": "string", "format": "date-time"},
                 }},
-                "Message": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}, "data": {}}},
+                "Message": {"type": "object", "required": ["type"], "additionalProperties": false, "properties": {"type": {"type": "string", "minLength": 1, "maxLength": 64}, "data": {}}},
                 "TaskPage": {"type": "object", "properties": {"data": {"type": "array", "items": schema_ref("Task")}, "meta": schema_ref("PageMeta")}},
                 "EventPage": {"type": "object", "properties": {"data": {"type": "array", "items": schema_ref("Event")}, "meta": object}},
                 "LogPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": object}},
                 "RecordPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": schema_ref("PageMeta")}},
                 "PageMeta": {"type": "object", "properties": {"total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"}, "has_more": {"type": "boolean"}}},
-                "Login": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}}},
+                "Login": {"type": "object", "required": ["username", "password"], "additionalProperties": false, "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}}},
                 "Token": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_in": {"type": "integer"}, "user": object}},
-                "ApiKeyRequest": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}, "permissions": {"type": "array", "maxItems": 64, "items": {"type": "string"}}, "runner_labels": {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 64}}, "expires_at": {"type": "string", "format": "date-time"}}},
+                "ApiKeyRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "not": {"required": ["role", "permissions"]}, "description": "role or permissions, not both; expires_at in the future", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"}, "role": {"type": "string", "nullable": true, "enum": ["admin", "user", "viewer", null]}, "permissions": {"type": "array", "nullable": true, "maxItems": 64, "items": {"type": "string"}}, "runner_labels": {"type": "array", "nullable": true, "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 64}}, "expires_at": {"type": "string", "nullable": true, "format": "date-time"}}},
                 "RoleChange": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {"role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
                 "ApiKey": object,
-                "NewUser": {"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
-                "RunnerRegistration": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}}, "capacity": {"type": "integer", "minimum": 1, "maximum": 1024}}},
+                "NewUser": {"type": "object", "required": ["username", "password"], "additionalProperties": false, "properties": {"username": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"}, "password": {"type": "string", "writeOnly": true, "minLength": 8, "maxLength": 1024}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
+                "RunnerRegistration": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128}, "labels": {"type": "array", "maxItems": 32, "items": {"type": "string", "minLength": 1, "maxLength": 128}}, "capacity": {"type": "integer", "minimum": 1, "maximum": 1024}}},
                 "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object, "User": object,
                 "Component": {"type": "string", "format": "binary"},
                 "Text": {"type": "string"},

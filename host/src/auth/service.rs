@@ -409,7 +409,7 @@ impl Auth {
                 "username must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'".into(),
             ));
         }
-        if password.chars().count() < 8 || password.len() > 1024 {
+        if !(8..=1024).contains(&password.chars().count()) {
             return Err(AuthError::Invalid(
                 "password must be 8 to 1024 characters".into(),
             ));
@@ -466,7 +466,7 @@ impl Auth {
         request: ApiKeyRequest,
         access: &dyn Fn(&str) -> PluginAccess,
     ) -> Result<(ApiKeyRecord, String), AuthError> {
-        if request.name.trim().is_empty() || request.name.len() > 128 {
+        if request.name.trim().is_empty() || request.name.chars().count() > 128 {
             return Err(AuthError::Invalid("name must be 1-128 characters".into()));
         }
         if request.role.is_some() && request.permissions.is_some() {

@@ -181,7 +181,7 @@ fn valid_label_value(value: &str) -> bool {
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len()) && !name.chars().any(|c| c.is_control() || c == '/')
+    (1..=128).contains(&name.chars().count()) && !name.chars().any(|c| c.is_control() || c == '/')
 }
 
 impl Engine {
@@ -475,16 +475,14 @@ impl Engine {
             )));
         }
         if new.reporters.len() > MAX_REPORTERS
-            || new.reporters.iter().any(|r| !valid_name(r) || r.len() > 64)
+            || new
+                .reporters
+                .iter()
+                .any(|r| !valid_name(r) || r.chars().count() > 64)
         {
             return Err(EngineError::validation(format!(
                 "reporters: at most {MAX_REPORTERS} usernames of 1-64 characters"
             )));
-        }
-        if !new.reporters.is_empty() && new.executor != Executor::External {
-            return Err(EngineError::validation(
-                "reporters are for external tasks only; a plugin reports on its own tasks",
-            ));
         }
         for dependency in &new.depends_on {
             // A task the caller may not read does not exist for it here either.

@@ -404,14 +404,18 @@ impl Runners {
         labels: Vec<String>,
         capacity: u32,
     ) -> Result<Registered, RunnerError> {
-        if name.is_empty() || name.len() > 128 {
+        if name.is_empty() || name.chars().count() > 128 {
             return Err(RunnerError::Invalid(
-                "a runner name is 1 to 128 bytes".into(),
+                "a runner name is 1 to 128 characters".into(),
             ));
         }
-        if labels.len() > MAX_LABELS || labels.iter().any(|l| l.is_empty() || l.len() > 128) {
+        if labels.len() > MAX_LABELS
+            || labels
+                .iter()
+                .any(|l| l.is_empty() || l.chars().count() > 128)
+        {
             return Err(RunnerError::Invalid(
-                "a runner has at most 32 labels of 1 to 128 bytes".into(),
+                "a runner has at most 32 labels of 1 to 128 characters".into(),
             ));
         }
         if !(1..=1024).contains(&capacity) {
