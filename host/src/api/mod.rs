@@ -1,7 +1,7 @@
-//! The HTTP API (`../shared/spec/API.md`), on warp. Handlers are thin: extract, authorise
-//! (through the [`Principal`] every engine call takes), call the engine, map the error in
-//! [`error`]. [`serve`] runs the routes on a listener the caller bound, so tests can bind
-//! `127.0.0.1:0`.
+//! The HTTP API (`../shared/spec/API.md`), on warp. Handlers are thin: extract, call the
+//! engine (which asks [`crate::policy`] about the [`Principal`] every call takes), map the
+//! error in [`error`]. [`serve`] (in `server.rs`) runs the routes on a listener the caller
+//! bound, so tests can bind `127.0.0.1:0`.
 
 mod auth_routes;
 mod error;
@@ -10,29 +10,25 @@ pub mod openapi;
 mod plugins;
 pub mod ratelimit;
 mod runners;
+mod server;
 mod system;
 mod tasks;
 mod ws;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use bytes::{Buf, Bytes};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tower_service::Service;
-use tracing::{debug, info, warn};
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
 
 pub use error::ApiError;
+pub use server::serve;
 
 use crate::auth::{Auth, AuthError, Principal};
 use crate::config::Config;
@@ -424,189 +420,4 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .recover(error::handle_rejection)
         .unify()
         .boxed()
-}
-
-/// Cross-origin requests, for the origins the operator allowed (none by default).
-mod cors {
-    use warp::http::{HeaderValue, StatusCode};
-    use warp::reply::Response;
-
-    pub fn preflight() -> Response {
-        let mut response = Response::new(warp::hyper::body::Bytes::new().into());
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        let headers = response.headers_mut();
-        headers.insert(
-            "access-control-allow-methods",
-            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
-        );
-        headers.insert(
-            "access-control-allow-headers",
-            HeaderValue::from_static("authorization, content-type, x-api-key, x-request-id"),
-        );
-        headers.insert("access-control-max-age", HeaderValue::from_static("600"));
-        response
-    }
-
-    pub fn allow(response: &mut Response, origin: &str) {
-        if let Ok(origin) = HeaderValue::from_str(origin) {
-            let headers = response.headers_mut();
-            headers.insert("access-control-allow-origin", origin);
-            headers.insert("vary", HeaderValue::from_static("origin"));
-            headers.insert(
-                "access-control-expose-headers",
-                HeaderValue::from_static("x-request-id, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, retry-after"),
-            );
-        }
-    }
-}
-
-/// Headers every response carries.
-fn secure(response: &mut Response, request_id: &str) {
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", value);
-    }
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    headers.insert("cache-control", HeaderValue::from_static("no-store"));
-}
-
-/// A client's request id is echoed when it is short and printable; otherwise one is made.
-fn request_id(headers: &warp::http::HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| (1..=128).contains(&v.len()) && v.chars().all(|c| c.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
-}
-
-/// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
-/// requests in flight finish (for up to 10 s).
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
-    let service = warp::service(routes(state.clone()));
-    let http = &state.config.http;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper has no timeouts: a client sending half a request line would hold
-    // its connection forever.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(http.header_read_timeout_s.max(1)));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(http.http2_keep_alive_s.max(1)))
-        .keep_alive_timeout(Duration::from_secs(http.http2_keep_alive_s.max(1)));
-    let connections = Arc::new(tokio::sync::Semaphore::new(http.max_connections.max(1)));
-    let first_byte = Duration::from_secs(http.header_read_timeout_s.max(1));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // At the cap: closing at once keeps descriptors for the clients already served.
-            debug!(%peer, "connection refused: max_connections reached");
-            drop(stream);
-            continue;
-        };
-        let service = service.clone();
-        let state = state.clone();
-        let handler =
-            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let mut service = service.clone();
-                let state = state.clone();
-                state.http_requests.fetch_add(1, Ordering::Relaxed);
-                let forwarded_for = request
-                    .headers()
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok());
-                let info = Arc::new(request::RequestInfo {
-                    id: request_id(request.headers()),
-                    method: request.method().to_string(),
-                    path: request.uri().path().to_owned(),
-                    peer: state.config.http.client_address(peer.ip(), forwarded_for),
-                    rate: std::sync::Mutex::new(None),
-                });
-                let origin = request
-                    .headers()
-                    .get("origin")
-                    .and_then(|o| o.to_str().ok())
-                    .map(str::to_owned);
-                let preflight = request.method() == hyper::Method::OPTIONS
-                    && request
-                        .headers()
-                        .contains_key("access-control-request-method");
-                async move {
-                    let is_api = info.path.starts_with("/api/v1/");
-                    let allowed_origin = origin.filter(|o| state.config.cors.allows(o));
-                    let mut response = request::scope(info.clone(), async {
-                        if preflight && allowed_origin.is_some() {
-                            return Ok(cors::preflight());
-                        }
-                        if is_api
-                            && let Err(refused) =
-                                check_rate(&state.limits, Class::Ip, &info.peer.to_string())
-                        {
-                            return Ok(refused.into_response());
-                        }
-                        service.call(request).await
-                    })
-                    .await?;
-                    secure(&mut response, &info.id);
-                    if let Some(origin) = &allowed_origin {
-                        cors::allow(&mut response, origin);
-                    }
-                    let rate = *info.rate.lock().unwrap_or_else(|p| p.into_inner());
-                    if is_api && let Some(rate) = rate {
-                        let headers = response.headers_mut();
-                        headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-                        headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
-                        headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_s));
-                    }
-                    Ok::<_, Infallible>(response)
-                }
-            });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // hyper's header timer starts only once it knows the protocol, which takes a first
-            // byte: a client that never sends one is dropped here.
-            let mut first = [0u8; 1];
-            if tokio::time::timeout(first_byte, stream.peek(&mut first))
-                .await
-                .is_err()
-            {
-                debug!(%peer, "connection closed: nothing sent");
-                return;
-            }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    info!("no longer accepting connections");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("connections still open after 10 s; closing them");
-    }
 }
