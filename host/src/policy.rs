@@ -301,11 +301,6 @@ pub fn may_manage_runner(principal: &Principal, registrant: &str) -> bool {
     may_register_runners(principal) && owns_or_admin(principal, registrant)
 }
 
-/// Whether the principal may see every runner (admins), rather than its own.
-pub fn sees_all_runners(principal: &Principal) -> bool {
-    is_admin(principal)
-}
-
 /// Whether the principal may pause, resume or clear a queue.
 pub fn may_manage_queues(principal: &Principal) -> bool {
     may_manage_plugins(principal)
