@@ -414,3 +414,29 @@ async fn a_child_task_acts_through_the_key_that_created_its_parent() {
         .await;
     assert_eq!(done["result"]["spawn"]["error"], "denied", "{done}");
 }
+
+#[tokio::test]
+async fn a_tree_of_tasks_stops_growing_at_the_depth_limit() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let root = api
+        .create(json!({"plugin": "testkit", "type": "host_calls", "input": {"spawn": true, "spawn_chain": true}}))
+        .await;
+    // Walk down the chain: each task names its child in its result, until one was refused.
+    let mut id = root["id"].as_str().unwrap().to_owned();
+    let mut depth = 0;
+    let refusal = loop {
+        let done = api.finished(&id).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        match done["result"]["spawn"]["ok"].as_str() {
+            Some(child) => {
+                id = child.to_owned();
+                depth += 1;
+                assert!(depth <= 8, "the chain grew past 8 levels");
+            }
+            None => break done["result"]["spawn"].clone(),
+        }
+    };
+    assert_eq!(depth, 8, "root plus 8 levels of children");
+    assert_eq!(refusal["error"], "limit-exceeded", "{refusal}");
+}

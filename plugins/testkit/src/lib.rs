@@ -117,6 +117,7 @@ impl Plugin for Testkit {
                     "read_file": {"type": "string"},
                     "write_file": {"type": "string"},
                     "spawn": {"type": "boolean"},
+                    "spawn_chain": {"type": "boolean"},
                     "stdout": {"type": "string"},
                     "progress_metrics": {"type": "integer", "minimum": 0, "maximum": 1000},
                 },
@@ -333,10 +334,17 @@ fn host_calls(ctx: &Context) -> Value {
     }
 
     if input["spawn"].as_bool().unwrap_or(false) {
+        // `spawn_chain`: the child is another host_calls that spawns in turn, so a chain
+        // grows until the host's depth limit stops it.
+        let (task_type, child_input) = if input["spawn_chain"].as_bool().unwrap_or(false) {
+            ("host_calls", json!({"spawn": true, "spawn_chain": true}))
+        } else {
+            ("echo", json!({"child_of": ctx.task_id}))
+        };
         let spawned = tasks::spawn(&tasks::SpawnRequest {
             plugin: None,
-            task_type: "echo".into(),
-            input: json!({"child_of": ctx.task_id}).to_string(),
+            task_type: task_type.into(),
+            input: child_input.to_string(),
             labels: Vec::new(),
             priority: None,
         });
