@@ -249,6 +249,15 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     // A silent connection, and one idle after a request, are closed too.
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer arrives, then the kept-alive connection is closed once idle too long.
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10)).await,
+        "an idle keep-alive connection was held open"
+    );
     let (status, _) = server.anonymous().get("/health").await;
     assert_eq!(status, StatusCode::OK, "the host serves on");
 }
