@@ -152,14 +152,14 @@ pub struct TaskProgress {
 }
 
 impl TaskProgress {
-    /// Applies a report: fields it carries replace the current ones, metrics are merged.
+    /// Applies a report's fields: those it carries replace the current ones (metrics are
+    /// merged, under their caps, by `engine::progress`).
     pub fn merge(
         &mut self,
         processed: Option<u64>,
         total: Option<u64>,
         step: Option<&str>,
         message: Option<&str>,
-        metrics: impl IntoIterator<Item = (String, f64)>,
     ) {
         if processed.is_some() {
             self.processed = processed;
@@ -173,7 +173,6 @@ impl TaskProgress {
         if let Some(message) = message {
             self.message = Some(message.to_owned());
         }
-        self.metrics.extend(metrics);
         self.refresh_percentage();
     }
 

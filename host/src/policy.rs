@@ -308,7 +308,7 @@ pub fn may_manage_queues(principal: &Principal) -> bool {
 
 /// Whether the principal may see host-wide figures (queue depths of every owner, metrics).
 pub fn may_see_host_figures(principal: &Principal) -> bool {
-    is_admin(principal) || may_manage_plugins(principal)
+    may_manage_plugins(principal)
 }
 
 #[cfg(test)]

@@ -99,7 +99,6 @@ impl ProgressReport {
             self.total,
             self.current_step.as_deref(),
             self.message.as_deref(),
-            std::iter::empty(),
         );
         let size = serde_json::to_vec(&next).map_or(usize::MAX, |bytes| bytes.len());
         if size > MAX_PROGRESS_BYTES {

@@ -123,7 +123,7 @@ impl OutputState {
             cut -= 1;
         }
         self.partial = masked.as_bytes()[cut..].to_vec();
-        self.send_line(&masked.as_bytes()[..cut]);
+        self.send_masked(&masked[..cut]);
     }
 
     /// Logs one line, masked first and then, past [`MAX_LINE_BYTES`], in pieces: no piece
@@ -131,7 +131,12 @@ impl OutputState {
     fn send_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = self.services.redact(&String::from_utf8_lossy(line));
-        let mut rest = text.as_str();
+        self.send_masked(&text);
+    }
+
+    /// Logs already-masked text, in pieces of at most [`MAX_LINE_BYTES`].
+    fn send_masked(&mut self, text: &str) {
+        let mut rest = text;
         loop {
             let mut cut = rest.len().min(MAX_LINE_BYTES);
             while !rest.is_char_boundary(cut) {
