@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP API; [`app`] puts the host together; [`config`] is its settings.
 //! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
 //! - [`runners`]: registered runners and the jobs leased to them.
+//! - [`schema`]: JSON Schema pieces of the derived OpenAPI document.
 
 #![cfg_attr(not(test), forbid(clippy::unwrap_used))]
 #![recursion_limit = "256"]
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod registry;
 pub mod runners;
 pub mod runtime;
+pub mod schema;
 pub mod storage;
 pub mod streams;
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::runtime::TaskFailure;
 
@@ -55,7 +56,9 @@ pub mod timestamp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -129,7 +132,7 @@ impl std::fmt::Display for TaskStatus {
 }
 
 /// Who performs a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Executor {
     /// A loaded plugin runs it.
@@ -140,7 +143,8 @@ pub enum Executor {
 }
 
 /// Progress as the API shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Progress)]
 pub struct TaskProgress {
     pub processed: Option<u64>,
     pub total: Option<u64>,
@@ -188,7 +192,7 @@ impl TaskProgress {
 }
 
 /// A task, as stored and (with secrets masked) as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     pub id: String,
     pub plugin: String,
@@ -201,6 +205,7 @@ pub struct Task {
     pub input: serde_json::Value,
     /// The secret fields of the input, encrypted; never serialised to clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub sealed_input: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub priority: i32,
@@ -221,6 +226,7 @@ pub struct Task {
     /// The API key the task was created with: its children act through the same key, so a
     /// task tree never holds more than the key that started it (never shown to clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub created_via: Option<String>,
     #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
@@ -259,7 +265,7 @@ impl Task {
 }
 
 /// Event types the API fixes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Created,
@@ -291,7 +297,7 @@ impl NewEvent {
 
 /// A stored event. `owner` and `plugin` are kept for authorisation and topic routing; the API
 /// view ([`Event::to_api`]) leaves them out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     pub seq: u64,
     pub task_id: String,
@@ -300,9 +306,12 @@ pub struct Event {
     pub data: serde_json::Value,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
+    #[schema(ignore)]
     pub owner: String,
+    #[schema(ignore)]
     pub plugin: String,
     #[serde(default)]
+    #[schema(ignore)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -348,7 +357,7 @@ impl SystemNotice {
 }
 
 /// One line of a task's log; `seq` is the seq of its `log` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogEntry {
     pub seq: u64,
     pub level: String,
@@ -358,7 +367,7 @@ pub struct LogEntry {
 }
 
 /// An item a plugin emitted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Record {
     pub collection: String,
     pub key: String,

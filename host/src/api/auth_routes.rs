@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -14,17 +15,22 @@ use super::{
 };
 use crate::auth::{ApiKeyRequest, Principal, Role, api_key_json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
+#[schema(as = Login)]
+pub(crate) struct LoginBody {
     username: String,
+    #[schema(write_only)]
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewUserBody {
+#[schema(as = NewUser)]
+pub(crate) struct NewUserBody {
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     username: String,
+    #[schema(write_only, min_length = 8, max_length = 1024)]
     password: String,
     #[serde(default = "default_role")]
     role: Role,
@@ -34,9 +40,9 @@ fn default_role() -> Role {
     Role::User
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RoleChange {
+pub(crate) struct RoleChange {
     role: Role,
 }
 

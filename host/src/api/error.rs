@@ -30,6 +30,25 @@ pub struct ApiError {
 
 impl warp::reject::Reject for ApiError {}
 
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    pub status: u16,
+    pub request_id: String,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// One of the codes in the API's error table (`VALIDATION_ERROR`, `NOT_FOUND`…).
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -66,12 +85,16 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        let body = json!({
-            "error": {"code": self.code, "message": self.message, "details": self.details},
-            "status": self.status.as_u16(),
-            "request_id": request::id(),
-            "timestamp": crate::model::timestamp::format(&Utc::now()),
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+            },
+            status: self.status.as_u16(),
+            request_id: request::id(),
+            timestamp: crate::model::timestamp::format(&Utc::now()),
+        };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         let headers = response.headers_mut();

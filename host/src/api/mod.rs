@@ -386,18 +386,29 @@ impl Query {
     }
 }
 
-/// `{"data": [...], "meta": {"total", "limit", "offset", "has_more"}}`.
+/// Where an offset page lies in the whole list.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct PageMeta {
+    pub total: u64,
+    pub limit: usize,
+    pub offset: usize,
+    pub has_more: bool,
+}
+
+/// `{"data": [...], "meta": PageMeta}`.
 pub fn page(
     data: Vec<serde_json::Value>,
     total: u64,
     limit: usize,
     offset: usize,
 ) -> serde_json::Value {
-    let has_more = (offset + data.len()) < total as usize;
-    serde_json::json!({
-        "data": data,
-        "meta": {"total": total, "limit": limit, "offset": offset, "has_more": has_more},
-    })
+    let meta = PageMeta {
+        total,
+        limit,
+        offset,
+        has_more: (offset + data.len()) < total as usize,
+    };
+    serde_json::json!({"data": data, "meta": meta})
 }
 
 /// Every route of the host.

@@ -1,7 +1,29 @@
-//! `GET /api/v1/openapi.json`: the OpenAPI 3 description of the API, built from [`ROUTES`],
-//! the one table of every route (the tests walk it to reach every route).
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 description of the API. Its schemas are
+//! derived (utoipa) from the very types the handlers parse and answer with, so a field or a
+//! constraint changed there changes the document; its operations come from [`ROUTES`], the one
+//! table of every route (warp's filters cannot be enumerated; the tests walk the table to
+//! reach every route, and fail on a route it lacks).
 
-use serde_json::{Map, Value, json};
+use std::sync::LazyLock;
+
+use serde_json::Value;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::response::{ResponseBuilder, ResponsesBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Schema};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, Required, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::PageMeta;
+use super::auth_routes::{LoginBody, NewUserBody, RoleChange};
+use super::error::ErrorBody;
+use super::runners::Registration;
+use super::tasks::{CreateTaskBody, EventPageMeta, LogPageMeta, MessageBody};
+use crate::auth::ApiKeyRequest;
+use crate::engine::Stats;
+use crate::engine::{ProgressReport, QueueInfo, TaskUpdate};
+use crate::model::{Event, LogEntry, Record, Task};
 
 /// One route: method, path, summary, success status, request and response schema names.
 pub struct Route {
@@ -417,144 +439,238 @@ pub const ROUTES: &[Route] = &[
     route("get", "/metrics", "Prometheus metrics", 200, None, "Text"),
 ];
 
-fn schema_ref(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
+// The envelopes `page()` and the list handlers build, with their items typed.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct TaskPage {
+    data: Vec<Task>,
+    meta: PageMeta,
 }
 
-pub fn document() -> Value {
-    let mut paths: Map<String, Value> = Map::new();
-    for Route {
-        method,
-        path,
-        summary,
-        status,
-        request,
-        response,
-    } in ROUTES
-    {
-        let parameters: Vec<Value> = path
-            .split('/')
-            .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let media = if *response == "Text" {
-            "application/openmetrics-text"
-        } else {
-            "application/json"
-        };
-        let mut operation = json!({
-            "summary": summary,
-            "parameters": parameters,
-            "responses": {
-                status.to_string(): {"description": "success", "content": {media: {"schema": schema_ref(response)}}},
-                "default": {"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}},
-            },
-        });
-        if let Some(request) = request {
-            let media = if *request == "Component" {
-                "application/wasm"
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct RecordPage {
+    data: Vec<Record>,
+    meta: PageMeta,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct EventPage {
+    data: Vec<Event>,
+    meta: EventPageMeta,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct LogPage {
+    data: Vec<LogEntry>,
+    meta: LogPageMeta,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct QueueList {
+    data: Vec<QueueInfo>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "taskhost",
+        description = "Background tasks of many job families, each a sandboxed WebAssembly plugin, behind one API."
+    ),
+    components(schemas(
+        Task, TaskPage, CreateTaskBody, TaskUpdate, ProgressReport, MessageBody, Event, EventPage,
+        LogPage, RecordPage, QueueInfo, QueueList, Stats, LoginBody, NewUserBody, RoleChange,
+        ApiKeyRequest, Registration, ErrorBody
+    )),
+    modifiers(&Operations),
+    security(("bearer" = []), ("apiKey" = []))
+)]
+struct ApiDoc;
+
+/// Schemas for answers the handlers still build as free JSON: described as what they are, an
+/// object (or the binary and text bodies the plugin and metrics routes carry).
+const FREE_FORM: &[&str] = &[
+    "ApiKey",
+    "User",
+    "Plugin",
+    "PluginList",
+    "Object",
+    "Token",
+    "TaskProgressView",
+    "StreamFrame",
+];
+
+struct Operations;
+
+impl Modify for Operations {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        for name in FREE_FORM {
+            let object = ObjectBuilder::new().schema_type(Type::Object);
+            let object = if *name == "StreamFrame" {
+                object.description(Some(
+                    "Server frames: connected, task events (seq, task_id, type, data, timestamp), system, subscribed, unsubscribed, pong, error. Client frames: subscribe {topics, after_seq?}, unsubscribe {topics}, ping.",
+                ))
             } else {
-                "application/json"
+                object
             };
-            operation["requestBody"] =
-                json!({"required": true, "content": {media: {"schema": schema_ref(request)}}});
+            components
+                .schemas
+                .insert((*name).to_owned(), Schema::Object(object.build()).into());
         }
-        let public =
-            path.starts_with("/health") || *path == "/metrics" || *path == "/api/v1/auth/login";
-        if public {
-            operation["security"] = json!([]);
+        components.schemas.insert(
+            "Component".to_owned(),
+            Schema::Object(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/wasm")
+                    .build(),
+            )
+            .into(),
+        );
+        components.schemas.insert(
+            "Text".to_owned(),
+            Schema::Object(ObjectBuilder::new().schema_type(Type::String).build()).into(),
+        );
+        for route in ROUTES {
+            openapi.paths.add_path_operation(
+                route.path,
+                vec![method(route.method)],
+                operation(route),
+            );
         }
-        paths
-            .entry(path.to_string())
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .map(|item| item.insert(method.to_string(), operation));
     }
-    let object = json!({"type": "object"});
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "taskhost", "version": env!("CARGO_PKG_VERSION"), "description": "Background tasks of many job families, each a sandboxed WebAssembly plugin, behind one API."},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-            },
-            "schemas": {
-                "Task": {"type": "object", "required": ["id", "plugin", "type", "status"], "properties": {
-                    "id": {"type": "string"}, "plugin": {"type": "string"}, "type": {"type": "string"},
-                    "status": {"type": "string", "enum": ["queued", "scheduled", "running", "paused", "completed", "failed", "cancelled"]},
-                    "executor": {"type": "string", "enum": ["plugin", "external"]},
-                    "input": {}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "priority": {"type": "integer"}, "owner": {"type": "string"}, "progress": schema_ref("Progress"),
-                    "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"}, "timeout_s": {"type": "integer"},
-                    "result": {}, "error": schema_ref("TaskError"), "depends_on": {"type": "array", "items": {"type": "string"}},
-                    "parent_id": {"type": "string", "nullable": true},
-                    "created_at": {"type": "string", "format": "date-time"}, "scheduled_at": {"type": "string", "format": "date-time", "nullable": true},
-                    "started_at": {"type": "string", "format": "date-time", "nullable": true}, "finished_at": {"type": "string", "format": "date-time", "nullable": true},
-                    "updated_at": {"type": "string", "format": "date-time"},
-                }},
-                "CreateTask": {"type": "object", "required": ["plugin", "type"], "additionalProperties": false, "properties": {
-                    "plugin": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"},
-                    "type": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"},
-                    "input": {}, "id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-                    "labels": {"type": "object", "maxProperties": 32, "propertyNames": {"pattern": "^[A-Za-z0-9._/-]{1,64}$"},
-                        "additionalProperties": {"type": "string", "maxLength": 256, "pattern": "^[^=\\x00-\\x1f\\x7f]*$"}},
-                    "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
-                    "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-                    "timeout_s": {"type": "integer", "minimum": 1, "maximum": 604800},
-                    "run_at": {"type": "string", "format": "date-time"},
-                    "depends_on": {"type": "array", "maxItems": 100, "items": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
-                    "executor": {"type": "string", "enum": ["plugin", "external"]},
-                    "reporters": {"type": "array", "maxItems": 16, "description": "users besides the owner who may report on an external task", "items": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"}},
-                }},
-                "Progress": {"type": "object", "properties": {
-                    "processed": {"type": "integer", "nullable": true}, "total": {"type": "integer", "nullable": true},
-                    "percentage": {"type": "number", "nullable": true}, "current_step": {"type": "string", "nullable": true},
-                    "message": {"type": "string", "nullable": true}, "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
-                }},
-                "ProgressReport": {"type": "object", "additionalProperties": false,
-                    "description": "processed may not exceed total; a task holds at most 64 distinct metrics and 16 KiB of progress",
-                    "properties": {
-                    "processed": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64}, "total": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64},
-                    "current_step": {"type": "string", "maxLength": 1024}, "message": {"type": "string", "maxLength": 1024},
-                    "metrics": {"type": "object", "maxProperties": 64, "propertyNames": {"pattern": "^[A-Za-z0-9_.:/*-]{1,64}$"}, "additionalProperties": {"type": "number"}},
-                }},
-                "TaskUpdate": {"type": "object", "additionalProperties": false, "properties": {
-                    "status": {"type": "string", "enum": ["queued", "scheduled", "running", "paused", "completed", "failed", "cancelled"]},
-                    "result": {}, "error": schema_ref("ReportedError"), "progress": schema_ref("ProgressReport"),
-                }},
-                "ReportedError": {"type": "object", "required": ["code", "message"], "additionalProperties": false, "properties": {
-                    "code": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "message": {"type": "string", "maxLength": 4096}, "retryable": {"type": "boolean"},
-                }},
-                "TaskError": {"type": "object", "nullable": true, "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}},
-                "TaskProgressView": object,
-                "Event": {"type": "object", "properties": {
-                    "seq": {"type": "integer"}, "task_id": {"type": "string"}, "type": {"type": "string"}, "data": {}, "timestamp": {"type": "string", "format": "date-time"},
-                }},
-                "Message": {"type": "object", "required": ["type"], "additionalProperties": false, "properties": {"type": {"type": "string", "minLength": 1, "maxLength": 64}, "data": {}}},
-                "TaskPage": {"type": "object", "properties": {"data": {"type": "array", "items": schema_ref("Task")}, "meta": schema_ref("PageMeta")}},
-                "EventPage": {"type": "object", "properties": {"data": {"type": "array", "items": schema_ref("Event")}, "meta": object}},
-                "LogPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": object}},
-                "RecordPage": {"type": "object", "properties": {"data": {"type": "array", "items": object}, "meta": schema_ref("PageMeta")}},
-                "PageMeta": {"type": "object", "properties": {"total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"}, "has_more": {"type": "boolean"}}},
-                "Login": {"type": "object", "required": ["username", "password"], "additionalProperties": false, "properties": {"username": {"type": "string"}, "password": {"type": "string", "writeOnly": true}}},
-                "Token": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_in": {"type": "integer"}, "user": object}},
-                "ApiKeyRequest": {"type": "object", "required": ["name"], "additionalProperties": false, "not": {"required": ["role", "permissions"]}, "description": "role or permissions, not both; expires_at in the future", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"}, "role": {"type": "string", "nullable": true, "enum": ["admin", "user", "viewer", null]}, "permissions": {"type": "array", "nullable": true, "maxItems": 64, "items": {"type": "string"}}, "runner_labels": {"type": "array", "nullable": true, "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 64}}, "expires_at": {"type": "string", "nullable": true, "format": "date-time"}}},
-                "RoleChange": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {"role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
-                "ApiKey": object,
-                "NewUser": {"type": "object", "required": ["username", "password"], "additionalProperties": false, "properties": {"username": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"}, "password": {"type": "string", "writeOnly": true, "minLength": 8, "maxLength": 1024}, "role": {"type": "string", "enum": ["admin", "user", "viewer"]}}},
-                "RunnerRegistration": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128}, "labels": {"type": "array", "maxItems": 32, "items": {"type": "string", "minLength": 1, "maxLength": 128}}, "capacity": {"type": "integer", "minimum": 1, "maximum": 1024}}},
-                "Plugin": object, "PluginList": object, "Queue": object, "QueueList": object, "Object": object, "User": object,
-                "Component": {"type": "string", "format": "binary"},
-                "Text": {"type": "string"},
-                "StreamFrame": {"type": "object", "description": "Server frames: connected, task events (seq, task_id, type, data, timestamp), system, subscribed, unsubscribed, pong, error. Client frames: subscribe {topics, after_seq?}, unsubscribe {topics}, ping.", "properties": {"type": {"type": "string"}}},
-                "Error": {"type": "object", "properties": {
-                    "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": object}},
-                    "status": {"type": "integer"}, "request_id": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
-                }},
-            },
-        },
-        "security": [{"bearer": []}, {"apiKey": []}],
-    })
+}
+
+fn method(name: &str) -> HttpMethod {
+    match name {
+        "post" => HttpMethod::Post,
+        "put" => HttpMethod::Put,
+        "patch" => HttpMethod::Patch,
+        "delete" => HttpMethod::Delete,
+        _ => HttpMethod::Get,
+    }
+}
+
+fn media(schema: &str) -> &'static str {
+    match schema {
+        "Component" => "application/wasm",
+        "Text" => "application/openmetrics-text",
+        _ => "application/json",
+    }
+}
+
+fn operation(route: &Route) -> utoipa::openapi::path::Operation {
+    let parameters = route
+        .path
+        .split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String).build()))
+                .build()
+        })
+        .collect::<Vec<_>>();
+    let responses = ResponsesBuilder::new()
+        .response(
+            route.status.to_string(),
+            ResponseBuilder::new().description("success").content(
+                media(route.response),
+                Content::new(Some(Ref::from_schema_name(route.response))),
+            ),
+        )
+        .response(
+            "default",
+            ResponseBuilder::new().description("error").content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("Error"))),
+            ),
+        )
+        .build();
+    let mut builder = OperationBuilder::new()
+        .summary(Some(route.summary))
+        .parameters(Some(parameters))
+        .responses(responses);
+    if let Some(request) = route.request {
+        builder = builder.request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content(
+                    media(request),
+                    Content::new(Some(Ref::from_schema_name(request))),
+                )
+                .build(),
+        ));
+    }
+    let public = route.path.starts_with("/health")
+        || route.path == "/metrics"
+        || route.path == "/api/v1/auth/login";
+    if public {
+        builder = builder.securities(Some(Vec::new()));
+    }
+    builder.build()
+}
+
+static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
+    let mut document = ApiDoc::openapi();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    serde_json::to_value(&document).unwrap_or_default()
+});
+
+/// The document, built once.
+pub fn document() -> &'static Value {
+    &DOCUMENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_a_route_names_is_in_the_document() {
+        let schemas = &document()["components"]["schemas"];
+        for route in ROUTES {
+            for name in route.request.iter().chain([&route.response]) {
+                assert!(
+                    schemas[*name].is_object(),
+                    "{} {} names schema {name}, which the document lacks",
+                    route.method,
+                    route.path
+                );
+            }
+        }
+        assert!(schemas["Error"].is_object());
+    }
+
+    #[test]
+    fn request_constraints_come_from_the_handler_types() {
+        let schemas = &document()["components"]["schemas"];
+        let create = &schemas["CreateTask"];
+        assert_eq!(create["additionalProperties"], false);
+        assert_eq!(create["required"], serde_json::json!(["plugin", "type"]));
+        assert_eq!(create["properties"]["labels"]["maxProperties"], 32);
+        assert_eq!(create["properties"]["priority"]["maximum"], 1000);
+        assert_eq!(
+            schemas["ProgressReport"]["properties"]["metrics"]["maxProperties"],
+            64
+        );
+        assert_eq!(
+            schemas["NewUser"]["properties"]["password"]["writeOnly"],
+            true
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -64,13 +65,20 @@ fn same_runner(path_id: &str, token_id: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Registration {
+#[schema(as = RunnerRegistration)]
+pub(crate) struct Registration {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::runner_labels)]
     labels: Vec<String>,
-    #[serde(default = "one")]
+    #[serde(
+        default = "one",
+        deserialize_with = "crate::schema::integer::deserialize"
+    )]
+    #[schema(minimum = 1, maximum = 1024)]
     capacity: u32,
 }
 

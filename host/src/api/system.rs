@@ -142,7 +142,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
         .and(auth.clone())
-        .map(|_p: Principal| json_reply(StatusCode::OK, &super::openapi::document()));
+        .map(|_p: Principal| json_reply(StatusCode::OK, super::openapi::document()));
     health
         .or(queues)
         .unify()

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -19,39 +20,88 @@ use crate::auth::Principal;
 use crate::engine::{NewTask, ProgressReport, TaskUpdate};
 use crate::model::{Executor, TaskStatus};
 use crate::policy;
+use crate::schema;
 use crate::storage::{SortField, TaskQuery};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateTaskBody {
+#[schema(as = CreateTask)]
+pub(crate) struct CreateTaskBody {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     plugin: String,
     #[serde(rename = "type")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     task_type: String,
     #[serde(default = "empty_object")]
     input: Value,
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     id: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = schema::task_labels)]
     labels: BTreeMap<String, String>,
+    #[serde(
+        default,
+        deserialize_with = "crate::schema::integer::option::deserialize"
+    )]
+    #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i32>,
+    #[serde(
+        default,
+        deserialize_with = "crate::schema::integer::option::deserialize"
+    )]
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "crate::schema::integer::option::deserialize"
+    )]
+    #[schema(minimum = 1, maximum = 604800)]
     timeout_s: Option<u64>,
+    #[schema(format = DateTime)]
     run_at: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = schema::task_ids)]
     depends_on: Vec<String>,
     #[serde(default)]
     executor: Executor,
+    /// Users besides the owner who may report on an external task.
     #[serde(default)]
+    #[schema(schema_with = schema::reporters)]
     reporters: Vec<String>,
+}
+
+/// Where a page of events lies: pass `next_after_seq` as `after_seq` for the next one.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct EventPageMeta {
+    after_seq: u64,
+    next_after_seq: u64,
+    limit: usize,
+    has_more: bool,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct LogPageMeta {
+    limit: usize,
 }
 
 fn empty_object() -> Value {
     json!({})
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageBody {
+#[schema(as = Message)]
+pub(crate) struct MessageBody {
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64)]
     kind: String,
     #[serde(default)]
     data: Value,
@@ -368,9 +418,15 @@ fn events(
     let next = events[..events.len().min(limit)]
         .last()
         .map_or(after_seq, |e| e.seq);
+    let meta = EventPageMeta {
+        after_seq,
+        next_after_seq: next,
+        limit,
+        has_more,
+    };
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"data": data, "meta": {"after_seq": after_seq, "next_after_seq": next, "limit": limit, "has_more": has_more}}),
+        &json!({"data": data, "meta": meta}),
     ))
 }
 
@@ -403,7 +459,7 @@ fn logs(
         .collect();
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"data": entries, "meta": {"limit": limit}}),
+        &json!({"data": entries, "meta": LogPageMeta { limit }}),
     ))
 }
 

@@ -17,7 +17,7 @@ pub use secrets::{
 pub use service::{ApiKeyRequest, Auth, AuthConfig, AuthError, LoginResult, api_key_json};
 pub(crate) use service::{principal_for_key, random_token, sha256_hex};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,

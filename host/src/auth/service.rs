@@ -94,16 +94,20 @@ pub struct LoginResult {
     pub user: serde_json::Value,
 }
 
-/// A request for a new API key.
-#[derive(Debug, Clone, Deserialize)]
+/// A request for a new API key: a `role` or `permissions`, not both; `expires_at` in the
+/// future; `runner_labels` only with the `runners:register` permission.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyRequest {
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
     pub name: String,
     pub role: Option<Role>,
+    #[schema(schema_with = crate::schema::permissions)]
     pub permissions: Option<Vec<String>>,
     #[serde(default, with = "crate::model::timestamp::option")]
     pub expires_at: Option<DateTime<Utc>>,
     /// With `runners:register`: the only labels runners registered with this key may carry.
+    #[schema(schema_with = crate::schema::key_runner_labels)]
     pub runner_labels: Option<Vec<String>>,
 }
 

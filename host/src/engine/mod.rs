@@ -92,7 +92,8 @@ pub struct NewTask {
 }
 
 /// One plugin's queue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Queue)]
 pub struct QueueInfo {
     pub plugin: String,
     pub paused: bool,

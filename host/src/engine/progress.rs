@@ -17,17 +17,35 @@ pub const MAX_METRICS: usize = 64;
 pub const MAX_METRIC_NAME: usize = 64;
 /// Longest `current_step` or `message`, in bytes.
 pub const MAX_PROGRESS_TEXT: usize = 1024;
+/// Largest `processed` or `total`: 2^53 - 1, the largest integer every JSON client (a
+/// JavaScript one above all) reads back exactly.
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
 /// Largest serialized `progress` a task may hold, in bytes.
 pub const MAX_PROGRESS_BYTES: usize = 16 * 1024;
 
 /// A progress report: fields it carries replace the current ones, metrics are merged.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `processed` may not exceed `total`; a task holds at most 64 distinct metrics and 16 KiB of
+/// progress.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressReport {
+    #[serde(
+        default,
+        deserialize_with = "crate::schema::integer::option::deserialize"
+    )]
+    #[schema(maximum = 9007199254740991_u64)]
     pub processed: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "crate::schema::integer::option::deserialize"
+    )]
+    #[schema(maximum = 9007199254740991_u64)]
     pub total: Option<u64>,
+    #[schema(max_length = 1024)]
     pub current_step: Option<String>,
+    #[schema(max_length = 1024)]
     pub message: Option<String>,
+    #[schema(schema_with = crate::schema::metrics)]
     pub metrics: Option<BTreeMap<String, f64>>,
 }
 
@@ -65,6 +83,15 @@ impl ProgressReport {
         ) && done > total
         {
             return Err(EngineError::validation("processed cannot exceed total"));
+        }
+        if [self.processed, self.total]
+            .into_iter()
+            .flatten()
+            .any(|n| n > MAX_COUNT)
+        {
+            return Err(EngineError::validation(format!(
+                "processed and total are at most {MAX_COUNT}"
+            )));
         }
         for text in [&self.current_step, &self.message].into_iter().flatten() {
             if text.len() > MAX_PROGRESS_TEXT {
@@ -140,6 +167,23 @@ mod tests {
         };
         assert!(one_more.apply_to(&mut progress).is_err());
         assert_eq!(progress, before);
+    }
+
+    #[test]
+    fn counts_past_what_json_clients_read_exactly_are_refused() {
+        let mut progress = TaskProgress::default();
+        let at_cap = ProgressReport {
+            processed: Some(MAX_COUNT),
+            total: Some(MAX_COUNT),
+            ..ProgressReport::default()
+        };
+        at_cap.apply_to(&mut progress).expect("at the cap");
+        let past = ProgressReport {
+            total: Some(MAX_COUNT + 1),
+            ..ProgressReport::default()
+        };
+        assert!(past.apply_to(&mut progress).is_err());
+        assert_eq!(progress.total, Some(MAX_COUNT));
     }
 
     #[test]

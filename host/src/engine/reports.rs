@@ -20,7 +20,7 @@ const MAX_ERROR_CODE: usize = 64;
 const MAX_ERROR_MESSAGE: usize = 4096;
 
 /// A status report for an external task.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskUpdate {
     pub status: Option<TaskStatus>,
@@ -29,10 +29,12 @@ pub struct TaskUpdate {
     pub progress: Option<ProgressReport>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportedError {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub code: String,
+    #[schema(max_length = 4096)]
     pub message: String,
     #[serde(default)]
     pub retryable: bool,

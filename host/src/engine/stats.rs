@@ -19,17 +19,21 @@ pub struct StatsQuery {
     pub created_before: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsSummary)]
 pub struct Summary {
     pub total: u64,
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub by_status: BTreeMap<&'static str, u64>,
     /// completed / (completed + failed); null before anything ended.
     pub success_rate: Option<f64>,
     /// Mean of finished − started over completed tasks, in seconds.
     pub average_duration_s: Option<f64>,
     #[serde(skip)]
+    #[schema(ignore)]
     duration_sum_s: f64,
     #[serde(skip)]
+    #[schema(ignore)]
     durations: u64,
 }
 
@@ -58,7 +62,8 @@ impl Summary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsDay)]
 pub struct Day {
     pub date: String,
     pub created: u64,
@@ -66,7 +71,7 @@ pub struct Day {
     pub failed: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     #[serde(flatten)]
     pub overall: Summary,

@@ -23,7 +23,8 @@ pub mod codes {
 }
 
 /// A failed run or validation: what the task's `error` field shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = TaskError)]
 pub struct TaskFailure {
     pub code: String,
     pub message: String,
