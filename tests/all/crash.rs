@@ -155,3 +155,162 @@ async fn sigterm_puts_a_running_task_back_without_spending_an_attempt() {
         "the run was put back: {events:?}"
     );
 }
+
+/// What a stream subscriber saw of one run of the host: `seq` → (task id, event type).
+type Seen = BTreeMap<u64, (String, String)>;
+
+/// One host life: a subscriber on `plugin:testkit` from `after_seq`, 8 creators posting echo
+/// tasks, and a `kill -9` once the subscriber has seen `completions` completions. Returns what
+/// the subscriber saw and which tasks a 202 acknowledged.
+async fn run_until_killed(
+    data: &std::path::Path,
+    round: usize,
+    after_seq: u64,
+    completions: usize,
+) -> (Seen, BTreeSet<String>) {
+    use futures::StreamExt;
+    use std::sync::{Arc, Mutex};
+
+    let host = HostProcess::spawn(data);
+    let base = format!("http://{}", host.addr);
+    let token = crate::harness::login(&base, "admin", crate::harness::ADMIN_PASSWORD).await;
+    let url = format!("ws://{}/api/v1/ws?token={token}", host.addr);
+    let mut subscriber = crate::harness::WsClient::connect(&url).await;
+    subscriber
+        .subscribe(&["plugin:testkit"], Some(after_seq))
+        .await;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let completed = Arc::new(tokio::sync::Semaphore::new(0));
+    let reader = tokio::spawn({
+        let (seen, completed) = (seen.clone(), completed.clone());
+        async move {
+            while let Some(Ok(message)) = subscriber.stream.next().await {
+                let Ok(frame) =
+                    serde_json::from_str::<Value>(&message.into_text().unwrap_or_default())
+                else {
+                    continue;
+                };
+                let (Some(seq), Some(task), Some(kind)) = (
+                    frame["seq"].as_u64(),
+                    frame["task_id"].as_str(),
+                    frame["type"].as_str(),
+                ) else {
+                    continue;
+                };
+                let earlier = seen
+                    .lock()
+                    .expect("seen")
+                    .insert(seq, (task.to_owned(), kind.to_owned()));
+                assert!(earlier.is_none(), "seq {seq} delivered twice in one run");
+                if kind == "completed" {
+                    completed.add_permits(1);
+                }
+            }
+        }
+    });
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let client = crate::harness::client_with_token(&token);
+    let creators: Vec<_> = (0..8)
+        .map(|creator| {
+            let (client, base, acknowledged) = (client.clone(), base.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for n in 0..500 {
+                    let id = format!("r{round:02}-c{creator}-{n:03}");
+                    let body =
+                        json!({"plugin": "testkit", "type": "echo", "input": {"n": n}, "id": id});
+                    match client
+                        .post(format!("{base}/api/v1/tasks"))
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                            acknowledged.lock().expect("acknowledged").insert(id);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let enough = tokio::time::timeout(
+        Duration::from_secs(60),
+        completed.acquire_many(completions as u32),
+    )
+    .await;
+    assert!(
+        enough.is_ok(),
+        "round {round}: {completions} completions did not arrive"
+    );
+    host.kill9();
+    for creator in creators {
+        let _ = creator.await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let seen = std::mem::take(&mut *seen.lock().expect("seen"));
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("acknowledged"));
+    (seen, acknowledged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_a_subscriber_saw_is_lost_or_its_seq_reused_across_twenty_kills() {
+    // Each round kills the host while tasks are being created and completed. Whatever the
+    // subscriber saw before the kill must still be there after the restart under the same
+    // seq (an event published before it was durable would vanish, and its seq be handed to
+    // another event); every acknowledged task must exist and every completion seen stand.
+    let data = tempfile::tempdir().expect("data dir");
+    let mut after_seq = 0;
+    let mut previous: Option<(Seen, BTreeSet<String>)> = None;
+    for round in 0..=20 {
+        if let Some((seen, acknowledged)) = previous.take() {
+            let host = HostProcess::spawn(data.path());
+            let client = host.client().await;
+            let api = host.api(&client);
+            let tasks: BTreeSet<&String> = seen.values().map(|(task, _)| task).collect();
+            for task in tasks {
+                let stored: BTreeMap<u64, String> = api
+                    .events(task)
+                    .await
+                    .iter()
+                    .filter_map(|e| Some((e["seq"].as_u64()?, e["type"].as_str()?.to_owned())))
+                    .collect();
+                for (seq, (id, kind)) in seen.iter().filter(|(_, (id, _))| id == task) {
+                    assert_eq!(
+                        stored.get(seq),
+                        Some(kind),
+                        "round {round}: seq {seq} ({kind} of {id}) seen before the kill, then lost or reused: {stored:?}"
+                    );
+                }
+                if seen
+                    .values()
+                    .any(|(id, kind)| id == task && kind == "completed")
+                {
+                    let (_, now) = api.get(&format!("/api/v1/tasks/{task}")).await;
+                    assert_eq!(
+                        now["status"], "completed",
+                        "round {round}: {task} was seen completed"
+                    );
+                }
+            }
+            for id in &acknowledged {
+                let (status, body) = api.get(&format!("/api/v1/tasks/{id}")).await;
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "round {round}: acknowledged {id} lost: {body}"
+                );
+            }
+            host.kill9();
+            if round == 20 {
+                break;
+            }
+        }
+        let (seen, acknowledged) = run_until_killed(data.path(), round, after_seq, 40).await;
+        assert!(
+            !seen.is_empty() && !acknowledged.is_empty(),
+            "round {round} saw nothing"
+        );
+        after_seq = *seen.keys().next_back().expect("a seq");
+        previous = Some((seen, acknowledged));
+    }
+}

@@ -8,18 +8,20 @@
 //! - `seq` increases strictly across the host, and events become visible (to [`Storage::events`]
 //!   and to [`Storage::subscribe`]rs) in `seq` order, so a reader that has seen `seq` N has
 //!   seen everything before it.
-//! - [`Storage::flush`] returns once everything committed before it survives a crash.
+//! - Durable before visible: every write is registered with the backend's [`CommitLog`]; an
+//!   event is visible only once its write is durable, so no `seq` a reader saw is lost or
+//!   given again after a crash, and [`Durability::sync`] returns once the caller's writes are.
 
+pub mod commit;
 mod sled_store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::broadcast;
 
-use tokio::sync::{broadcast, watch};
-
+pub use commit::CommitLog;
 pub use sled_store::SledStorage;
 
 use crate::model::{ApiKeyRecord, Event, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord};
@@ -155,9 +157,6 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StorageError>;
 
-    /// The highest `seq` given so far.
-    fn last_seq(&self) -> u64;
-
     /// Appends a log line and its `log` event.
     fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError>;
 
@@ -203,94 +202,33 @@ pub trait Storage: Send + Sync + 'static {
     /// Keys of one owner, or all.
     fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError>;
 
-    /// Live events, in `seq` order, from the moment of subscribing.
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
+    /// The group commit this backend's writes pass through.
+    fn commit_log(&self) -> &CommitLog;
 
-    /// Blocks until everything committed so far is durable.
-    fn flush(&self) -> Result<(), StorageError>;
+    /// Durable events, in `seq` order, from the moment of subscribing.
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.commit_log().subscribe()
+    }
+
+    /// The highest `seq` that is durable and visible.
+    fn last_seq(&self) -> u64 {
+        self.commit_log().visible_seq()
+    }
 }
 
-/// Group commit: callers that need durability wait for one flush that covers their writes,
-/// so that many concurrent acknowledgements share one fsync.
-///
-/// Every waiter is woken at once when a flush completes (a watch channel, not a lock handed
-/// from waiter to waiter: under load each hand-over waits a scheduling round, and a queue of
-/// 64 waiters turned a 2 ms flush into 30 ms of latency). The flush runs in its own task, so
-/// a caller that goes away (a client hanging up) never strands the others.
+/// What the engine holds to acknowledge only durable writes: [`Durability::sync`] returns once
+/// everything the caller wrote before it is durable (see [`commit`]).
 pub struct Durability {
-    shared: Arc<FlushState>,
-}
-
-struct FlushState {
     storage: Arc<dyn Storage>,
-    /// Number of flushes started so far.
-    started: AtomicU64,
-    /// Set while a flush runs.
-    flushing: AtomicBool,
-    /// Generation of the last flush that succeeded; also bumped (unchanged value) when one
-    /// fails, so that waiters retry.
-    completed: watch::Sender<u64>,
 }
 
 impl Durability {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        let (completed, _) = watch::channel(0);
-        Self {
-            shared: Arc::new(FlushState {
-                storage,
-                started: AtomicU64::new(0),
-                flushing: AtomicBool::new(false),
-                completed,
-            }),
-        }
+        Self { storage }
     }
 
     /// Returns once everything this caller committed before calling is durable.
     pub async fn sync(&self) -> Result<(), StorageError> {
-        // A flush whose generation is above what we read here started after our writes.
-        let needed = self.shared.started.load(Ordering::SeqCst) + 1;
-        let mut completed = self.shared.completed.subscribe();
-        loop {
-            if *completed.borrow_and_update() >= needed {
-                return Ok(());
-            }
-            if self
-                .shared
-                .flushing
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                let flush = tokio::task::spawn_blocking({
-                    let shared = self.shared.clone();
-                    move || shared.flush()
-                });
-                match flush.await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => {
-                        return Err(StorageError::Backend(format!("flush task failed: {e}")));
-                    }
-                }
-            }
-            if completed.changed().await.is_err() {
-                return Err(StorageError::Backend("storage closed".into()));
-            }
-        }
-    }
-}
-
-impl FlushState {
-    /// Runs one flush generation and tells every waiter how it went.
-    fn flush(&self) -> Result<(), StorageError> {
-        let generation = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let outcome = self.storage.flush();
-        self.flushing.store(false, Ordering::SeqCst);
-        match &outcome {
-            Ok(()) => self
-                .completed
-                .send_modify(|done| *done = (*done).max(generation)),
-            Err(_) => self.completed.send_modify(|_| {}),
-        }
-        outcome
+        self.storage.commit_log().sync().await
     }
 }

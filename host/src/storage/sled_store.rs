@@ -19,30 +19,28 @@
 //! | `u\0{username}` | user JSON |
 //! | `a\0{key id}` | API key JSON |
 //!
-//! Writes take one commit lock: it makes read-check-write of a task atomic, gives `seq` in
-//! order and publishes events in that same order.
+//! Writes take one commit lock: it makes read-check-write of a task atomic and gives `seq` in
+//! order; every write is then registered with the [`CommitLog`], whose flusher thread (sled's
+//! own periodic flusher is off) makes it durable before its events are published.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use chrono::Utc;
 use sled::{Batch, IVec, Tree};
-use tokio::sync::broadcast;
 
-use super::{SortField, StatusCounts, Storage, StorageError, TaskQuery};
+use super::{CommitLog, SortField, StatusCounts, Storage, StorageError, TaskQuery};
 use crate::model::{
     ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
 };
 
-/// Live events buffered for slow subscribers before they lag.
-const BROADCAST_CAPACITY: usize = 16 * 1024;
-
 pub struct SledStorage {
-    db: sled::Db,
     main: Tree,
     commit: Mutex<CommitState>,
-    events: broadcast::Sender<Event>,
+    log: Arc<CommitLog>,
+    flusher: Option<JoinHandle<()>>,
 }
 
 struct CommitState {
@@ -126,6 +124,7 @@ impl SledStorage {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(backend)?;
         let main = db.open_tree("main").map_err(backend)?;
@@ -138,12 +137,19 @@ impl SledStorage {
             .and_then(|k| <[u8; 8]>::try_from(&k[2..]).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let log = Arc::new(CommitLog::new(last_seq));
+        let flusher = std::thread::Builder::new()
+            .name("taskhost-commit".into())
+            .spawn({
+                let log = log.clone();
+                move || log.run_flusher(|| db.flush().map(drop).map_err(backend))
+            })
+            .map_err(backend)?;
         Ok(Self {
-            db,
             main,
             commit: Mutex::new(CommitState { last_seq }),
-            events,
+            log,
+            flusher: Some(flusher),
         })
     }
 
@@ -218,7 +224,8 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies a batch, takes the seqs of its events and publishes them, in order.
+    /// Applies a batch, takes the seqs of its events and hands them to the commit log, which
+    /// publishes them once they are durable.
     fn apply(
         &self,
         state: &mut CommitState,
@@ -229,11 +236,15 @@ impl SledStorage {
         if let Some(last) = events.last() {
             state.last_seq = last.seq;
         }
-        for event in &events {
-            // No subscriber is not an error.
-            let _ = self.events.send(event.clone());
-        }
+        self.log.committed(events.clone());
         Ok(events)
+    }
+
+    /// Registers a write that has no events, so that a `sync` after it covers it.
+    fn written<T>(&self, result: sled::Result<T>) -> Result<(), StorageError> {
+        result.map_err(backend)?;
+        self.log.committed(Vec::new());
+        Ok(())
     }
 
     fn scan_ids(
@@ -359,7 +370,7 @@ impl Storage for SledStorage {
                 batch.remove(k.map_err(backend)?);
             }
         }
-        self.main.apply_batch(batch).map_err(backend)?;
+        self.written(self.main.apply_batch(batch))?;
         Ok(true)
     }
 
@@ -450,24 +461,26 @@ impl Storage for SledStorage {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Event>, StorageError> {
+        // Applied but not yet durable events lie above the visible seq: never return them.
+        let visible = self.log.visible_seq();
         let start = after_seq.saturating_add(1).to_be_bytes();
         let mut events = Vec::new();
         match task_id {
             None => {
                 let from = event_key(after_seq.saturating_add(1));
-                for entry in self.main.range(from..prefix(&[b"f"])).take(limit) {
+                let until = event_key(visible.saturating_add(1));
+                for entry in self.main.range(from..until).take(limit) {
                     let (_, v) = entry.map_err(backend)?;
                     events.push(decode(&v)?);
                 }
             }
             Some(id) => {
                 let from = key(&[b"E", id.as_bytes(), &start]);
-                let end = prefix(&[b"E", id.as_bytes()]);
-                let mut end = end;
-                // Everything after this task's prefix: bump its trailing \0 to \x01.
-                if let Some(last) = end.last_mut() {
-                    *last = 1;
-                }
+                let end = key(&[
+                    b"E",
+                    id.as_bytes(),
+                    &visible.saturating_add(1).to_be_bytes(),
+                ]);
                 for k in self.main.range(from..end).keys().take(limit) {
                     let k = k.map_err(backend)?;
                     let seq = <[u8; 8]>::try_from(&k[k.len() - 8..]).map_err(backend)?;
@@ -482,10 +495,6 @@ impl Storage for SledStorage {
             }
         }
         Ok(events)
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.lock().last_seq
     }
 
     fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError> {
@@ -526,10 +535,15 @@ impl Storage for SledStorage {
             task_id.as_bytes(),
             &after_seq.saturating_add(1).to_be_bytes(),
         ]);
-        let mut end = prefix(&[b"l", task_id.as_bytes()]);
-        if let Some(last) = end.last_mut() {
-            *last = 1;
+        let visible = self.log.visible_seq();
+        if after_seq >= visible {
+            return Ok(Vec::new());
         }
+        let end = key(&[
+            b"l",
+            task_id.as_bytes(),
+            &visible.saturating_add(1).to_be_bytes(),
+        ]);
         self.main
             .range(from..end)
             .values()
@@ -539,18 +553,15 @@ impl Storage for SledStorage {
     }
 
     fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError> {
-        self.main
-            .insert(
-                key(&[
-                    b"r",
-                    task_id.as_bytes(),
-                    record.collection.as_bytes(),
-                    record.key.as_bytes(),
-                ]),
-                encode(record)?,
-            )
-            .map_err(backend)?;
-        Ok(())
+        self.written(self.main.insert(
+            key(&[
+                b"r",
+                task_id.as_bytes(),
+                record.collection.as_bytes(),
+                record.key.as_bytes(),
+            ]),
+            encode(record)?,
+        ))
     }
 
     fn records(
@@ -584,17 +595,17 @@ impl Storage for SledStorage {
     }
 
     fn kv_set(&self, plugin: &str, k: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.main
-            .insert(key(&[b"k", plugin.as_bytes(), k.as_bytes()]), value)
-            .map_err(backend)?;
-        Ok(())
+        self.written(
+            self.main
+                .insert(key(&[b"k", plugin.as_bytes(), k.as_bytes()]), value),
+        )
     }
 
     fn kv_delete(&self, plugin: &str, k: &str) -> Result<(), StorageError> {
-        self.main
-            .remove(key(&[b"k", plugin.as_bytes(), k.as_bytes()]))
-            .map_err(backend)?;
-        Ok(())
+        self.written(
+            self.main
+                .remove(key(&[b"k", plugin.as_bytes(), k.as_bytes()])),
+        )
     }
 
     fn kv_list(
@@ -621,11 +632,10 @@ impl Storage for SledStorage {
     fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError> {
         let k = key(&[b"q", plugin.as_bytes()]);
         if paused {
-            self.main.insert(k, &[][..]).map_err(backend)?;
+            self.written(self.main.insert(k, &[][..]))
         } else {
-            self.main.remove(k).map_err(backend)?;
+            self.written(self.main.remove(k))
         }
-        Ok(())
     }
 
     fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError> {
@@ -649,10 +659,11 @@ impl Storage for SledStorage {
                 .compare_and_swap(k, None as Option<&[u8]>, Some(value))
                 .map_err(backend)?
                 .map_err(|_| StorageError::Duplicate(user.username.clone()))?;
+            self.log.committed(Vec::new());
+            Ok(())
         } else {
-            self.main.insert(k, value).map_err(backend)?;
+            self.written(self.main.insert(k, value))
         }
-        Ok(())
     }
 
     fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
@@ -664,10 +675,10 @@ impl Storage for SledStorage {
     }
 
     fn put_api_key(&self, api_key: &ApiKeyRecord) -> Result<(), StorageError> {
-        self.main
-            .insert(key(&[b"a", api_key.id.as_bytes()]), encode(api_key)?)
-            .map_err(backend)?;
-        Ok(())
+        self.written(
+            self.main
+                .insert(key(&[b"a", api_key.id.as_bytes()]), encode(api_key)?),
+        )
     }
 
     fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError> {
@@ -685,11 +696,19 @@ impl Storage for SledStorage {
         Ok(keys)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    fn commit_log(&self) -> &CommitLog {
+        &self.log
     }
+}
 
-    fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush().map(drop).map_err(backend)
+impl Drop for SledStorage {
+    /// Makes what is pending durable and stops the flusher.
+    fn drop(&mut self) {
+        self.log.stop();
+        if let Some(flusher) = self.flusher.take()
+            && flusher.join().is_err()
+        {
+            tracing::error!("the commit flusher panicked");
+        }
     }
 }
