@@ -1,5 +1,7 @@
-//! End-to-end throughput: echo tasks created over HTTP by concurrent clients against a real
-//! server on 127.0.0.1:0 (temp data dir, sled), run to completion by the testkit plugin.
+//! End-to-end throughput: echo tasks created over HTTP by concurrent clients against the real
+//! `taskhost` binary in its own process on 127.0.0.1:0 (temp data dir, sled), run to
+//! completion by the testkit plugin. The bench is only the client, as a user's would be, and
+//! prints how the machine's CPU split between the two.
 //!
 //! `cargo bench -p taskhost --bench http_throughput` prints tasks/s (first create to last
 //! completion), the HTTP create latency p50/p99 as clients saw it, and the create→completed
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use support::{BenchHost, env_or, full_run, percentile};
+use support::{ServerProcess, cpu_seconds, env_or, full_run, percentile, print_cpu_split};
 
 async fn completed(client: &reqwest::Client, base: &str) -> u64 {
     let queues: Value = client
@@ -43,10 +45,12 @@ fn main() {
         .build()
         .expect("tokio");
     rt.block_on(async move {
-        let host = BenchHost::start(|_| {}, |_| {}).await;
+        let host = ServerProcess::start("").await;
         let base = host.base.clone();
         let client = host.client(clients);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let rss_idle = host.rss_mb();
+        let (server_cpu, client_cpu) = (host.cpu_seconds(), cpu_seconds("self"));
         let started = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..clients {
@@ -82,6 +86,10 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let total = started.elapsed();
+        let (server_cpu, client_cpu) = (
+            host.cpu_seconds() - server_cpu,
+            cpu_seconds("self") - client_cpu,
+        );
 
         // create→completed from the tasks' own timestamps (a sample of up to 2000).
         let step = (ids.len() / 2000).max(1);
@@ -106,6 +114,12 @@ fn main() {
             percentile(&end_to_end, 0.5),
             percentile(&end_to_end, 0.99),
         );
-        host.stop().await;
+        print_cpu_split("the run", total.as_secs_f64(), client_cpu, server_cpu);
+        println!(
+            "  server CPU per task: {:.0} µs; server RSS idle {:.0} MB, after the run {:.0} MB",
+            server_cpu * 1e6 / tasks as f64,
+            rss_idle,
+            host.rss_mb(),
+        );
     });
 }

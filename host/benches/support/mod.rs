@@ -39,6 +39,34 @@ pub async fn send_json(request: reqwest::RequestBuilder) -> Value {
         .expect("a JSON answer")
 }
 
+/// Logs in as the bench's admin and returns the bearer token.
+async fn admin_token(base: &str) -> String {
+    let login: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    login["access_token"].as_str().expect("token").to_owned()
+}
+
+/// A client that sends `token` as its bearer on every request.
+pub fn bearer_client(token: &str, idle_connections: usize) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle_connections)
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 /// A host serving in this process.
 pub struct BenchHost {
     pub addr: SocketAddr,
@@ -78,16 +106,7 @@ impl BenchHost {
         let server = tokio::spawn(taskhost::app::run(state, listener, async {
             let _ = stopped.await;
         }));
-        let login: Value = reqwest::Client::new()
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        let token = login["access_token"].as_str().expect("token").to_owned();
+        let token = admin_token(&base).await;
         Self {
             addr,
             base,
@@ -100,17 +119,7 @@ impl BenchHost {
 
     /// A client that sends the admin's token on every request.
     pub fn client(&self, idle_connections: usize) -> reqwest::Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let bearer = format!("Bearer {}", self.token);
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            bearer.parse().expect("header"),
-        );
-        reqwest::Client::builder()
-            .pool_max_idle_per_host(idle_connections)
-            .default_headers(headers)
-            .build()
-            .expect("client")
+        bearer_client(&self.token, idle_connections)
     }
 
     /// Shuts the host down gracefully.
@@ -118,4 +127,146 @@ impl BenchHost {
         let _ = self.stop.send(());
         let _ = self.server.await;
     }
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after its closing ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the running kernel and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// Resident memory of a process in MB, from `/proc/<pid>/status`.
+pub fn rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Bytes under `path`, recursively.
+pub fn disk_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// The `taskhost` binary serving in its own process, as a user runs it: the benchmark is its
+/// client, so the figures include no shared-process shortcuts and CPU splits cleanly.
+pub struct ServerProcess {
+    pub base: String,
+    pub token: String,
+    pub pid: String,
+    child: std::process::Child,
+    pub data: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `taskhost serve` on 127.0.0.1:0 with a temp data dir, rate limits off and
+    /// `extra_config` appended to its config file, and logs in as admin.
+    pub async fn start(extra_config: &str) -> Self {
+        use std::io::BufRead;
+        let data = tempfile::tempdir().expect("temp dir");
+        let config = data.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!("[rate_limits]\nenabled = false\n{extra_config}"),
+        )
+        .expect("config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .env("TASKHOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "warn,taskhost=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("taskhost starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(at) = line.find("listening on http://")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the host logs its address");
+        let token = admin_token(&base).await;
+        let pid = child.id().to_string();
+        Self {
+            base,
+            token,
+            pid,
+            child,
+            data,
+        }
+    }
+
+    /// A client that sends the admin's token on every request.
+    pub fn client(&self, idle_connections: usize) -> reqwest::Client {
+        bearer_client(&self.token, idle_connections)
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.pid)
+    }
+
+    pub fn rss_mb(&self) -> f64 {
+        rss_mb(&self.pid)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints how the CPU of a measured span was split between this client and the server.
+pub fn print_cpu_split(label: &str, wall_s: f64, client_cpu_s: f64, server_cpu_s: f64) {
+    println!(
+        "  CPU over {label} ({wall_s:.2} s wall, {} cores): server {server_cpu_s:.2} s ({:.2} cores), client {client_cpu_s:.2} s ({:.2} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        server_cpu_s / wall_s,
+        client_cpu_s / wall_s,
+    );
 }

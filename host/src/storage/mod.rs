@@ -12,7 +12,11 @@
 //!   event is visible only once its write is durable, so no `seq` a reader saw is lost or
 //!   given again after a crash, and [`Durability::sync`] returns once the caller's writes are.
 
+pub mod cells;
 pub mod commit;
+#[cfg(test)]
+pub mod conformance;
+mod sled_index;
 mod sled_store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,6 +152,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Task counts per plugin and status, kept up to date on every write (no scan).
     fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError>;
+
+    /// The statistics cells (see [`cells`]) of one owner's tasks, or of all, kept up to date
+    /// in the same write as each task.
+    fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<cells::Cell>, StorageError>;
 
     /// Events after `after_seq`, oldest first, of one task or of all.
     fn events(

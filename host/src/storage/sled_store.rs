@@ -10,8 +10,8 @@
 //! | `t\0{id}` | task JSON |
 //! | `e\0{seq}` | event JSON |
 //! | `E\0{id}\0{seq}` | (events of a task) |
-//! | `i\0{index}\0{value}\0{created_ms}\0{id}` | (indexes: status, plugin, owner, label, all) |
-//! | `c\0{plugin}\0{status}` | count |
+//! | `i\0…`, `I\0…`, `n\0…` | indexes and counters: see [`super::sled_index`] |
+//! | `m\0schema` | layout version of the indexes (rebuilt from the tasks when older) |
 //! | `l\0{id}\0{seq}` | log line JSON |
 //! | `r\0{id}\0{collection}\0{key}` | record JSON |
 //! | `k\0{plugin}\0{key}` | plugin key-value data |
@@ -31,10 +31,14 @@ use std::thread::JoinHandle;
 use chrono::Utc;
 use sled::{Batch, IVec, Tree};
 
-use super::{CommitLog, SortField, StatusCounts, Storage, StorageError, TaskQuery};
+use super::cells::{self, Cell};
+use super::{CommitLog, StatusCounts, Storage, StorageError, TaskQuery, sled_index};
 use crate::model::{
     ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
 };
+
+/// Layout version of the derived keys (indexes and counters).
+const SCHEMA_VERSION: [u8; 1] = [2];
 
 pub struct SledStorage {
     main: Tree,
@@ -47,11 +51,11 @@ struct CommitState {
     last_seq: u64,
 }
 
-fn backend(e: impl std::fmt::Display) -> StorageError {
+pub(super) fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
-fn key(parts: &[&[u8]]) -> Vec<u8> {
+pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -62,7 +66,7 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
     key
 }
 
-fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+pub(super) fn prefix(parts: &[&[u8]]) -> Vec<u8> {
     let mut key = key(parts);
     key.push(0);
     key
@@ -76,34 +80,6 @@ fn event_key(seq: u64) -> Vec<u8> {
     key(&[b"e", &seq.to_be_bytes()])
 }
 
-fn count_key(plugin: &str, status: TaskStatus) -> Vec<u8> {
-    key(&[b"c", plugin.as_bytes(), status.as_str().as_bytes()])
-}
-
-/// The index entries of a task: one per status, plugin, owner, label and one for all.
-fn index_keys(task: &Task) -> Vec<Vec<u8>> {
-    let created = task.created_at.timestamp_millis().max(0) as u64;
-    let created = created.to_be_bytes();
-    let id = task.id.as_bytes();
-    let mut keys = vec![
-        key(&[b"i", b"all", b"", &created, id]),
-        key(&[
-            b"i",
-            b"status",
-            task.status.as_str().as_bytes(),
-            &created,
-            id,
-        ]),
-        key(&[b"i", b"plugin", task.plugin.as_bytes(), &created, id]),
-        key(&[b"i", b"owner", task.owner.as_bytes(), &created, id]),
-    ];
-    for (k, v) in &task.labels {
-        let label = format!("{k}={v}");
-        keys.push(key(&[b"i", b"label", label.as_bytes(), &created, id]));
-    }
-    keys
-}
-
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| backend(format!("corrupt entry: {e}")))
 }
@@ -112,7 +88,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(value).map_err(backend)
 }
 
-fn read_u64(bytes: Option<IVec>) -> u64 {
+pub(super) fn read_u64(bytes: Option<IVec>) -> u64 {
     bytes
         .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
         .map(u64::from_be_bytes)
@@ -128,6 +104,7 @@ impl SledStorage {
             .open()
             .map_err(backend)?;
         let main = db.open_tree("main").map_err(backend)?;
+        Self::migrate(&main)?;
         let last_seq = main
             .scan_prefix(prefix(&[b"e"]))
             .keys()
@@ -203,24 +180,92 @@ impl SledStorage {
         Ok(staged)
     }
 
-    fn bump_count(
+    /// Adds `delta` to each counter in `keys` within `batch`.
+    fn bump_counts<'k>(
         &self,
         batch: &mut Batch,
-        counts: &mut BTreeMap<Vec<u8>, u64>,
-        key: Vec<u8>,
+        keys: impl IntoIterator<Item = &'k Vec<u8>>,
         up: bool,
     ) -> Result<(), StorageError> {
-        let current = match counts.get(&key) {
-            Some(count) => *count,
-            None => read_u64(self.main.get(&key).map_err(backend)?),
-        };
-        let next = if up {
-            current + 1
-        } else {
-            current.saturating_sub(1)
-        };
-        batch.insert(key.clone(), &next.to_be_bytes()[..]);
-        counts.insert(key, next);
+        for k in keys {
+            let current = read_u64(self.main.get(k).map_err(backend)?);
+            let next = if up {
+                current + 1
+            } else {
+                current.saturating_sub(1)
+            };
+            batch.insert(k.clone(), &next.to_be_bytes()[..]);
+        }
+        Ok(())
+    }
+
+    /// Applies the statistics-cell changes of one task write within `batch`.
+    fn bump_cells(
+        &self,
+        batch: &mut Batch,
+        changes: Vec<(cells::CellKey, cells::CellDelta)>,
+    ) -> Result<(), StorageError> {
+        let mut touched: BTreeMap<Vec<u8>, cells::CellCounts> = BTreeMap::new();
+        for (cell, delta) in changes {
+            let k = sled_index::cell_key(&cell);
+            let counts = match touched.entry(k) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    let stored = self.main.get(entry.key()).map_err(backend)?;
+                    entry.insert(
+                        stored.map_or_else(Default::default, |b| cells::CellCounts::decode(&b)),
+                    )
+                }
+            };
+            counts.apply(&delta);
+        }
+        for (k, counts) in touched {
+            batch.insert(k, counts.encode());
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every index and counter from the tasks when the stored layout is older than
+    /// this build's (a store written before the counters existed).
+    fn migrate(main: &Tree) -> Result<(), StorageError> {
+        let version = key(&[b"m", b"schema"]);
+        if main.get(&version).map_err(backend)?.as_deref() == Some(&SCHEMA_VERSION[..]) {
+            return Ok(());
+        }
+        for derived in sled_index::DERIVED_PREFIXES {
+            let mut batch = Batch::default();
+            for k in main.scan_prefix(derived).keys() {
+                batch.remove(k.map_err(backend)?);
+            }
+            main.apply_batch(batch).map_err(backend)?;
+        }
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut cell_counts: BTreeMap<Vec<u8>, cells::CellCounts> = BTreeMap::new();
+        let mut batch = Batch::default();
+        for value in main.scan_prefix(prefix(&[b"t"])).values() {
+            let task: Task = decode(&value.map_err(backend)?)?;
+            for (cell, delta) in cells::changes(None, Some(&task)) {
+                cell_counts
+                    .entry(sled_index::cell_key(&cell))
+                    .or_default()
+                    .apply(&delta);
+            }
+            for index in sled_index::index_keys(&task) {
+                batch.insert(index, &[][..]);
+            }
+            for counter in sled_index::counter_keys(&task) {
+                *counts.entry(counter).or_default() += 1;
+            }
+        }
+        for (counter, n) in counts {
+            batch.insert(counter, &n.to_be_bytes()[..]);
+        }
+        for (cell, counts) in cell_counts {
+            batch.insert(cell, counts.encode());
+        }
+        batch.insert(version, &SCHEMA_VERSION[..]);
+        main.apply_batch(batch).map_err(backend)?;
+        main.flush().map_err(backend)?;
         Ok(())
     }
 
@@ -278,16 +323,11 @@ impl Storage for SledStorage {
         }
         let mut batch = Batch::default();
         batch.insert(task_key(&task.id), encode(task)?);
-        for index in index_keys(task) {
+        for index in sled_index::index_keys(task) {
             batch.insert(index, &[][..]);
         }
-        let mut counts = BTreeMap::new();
-        self.bump_count(
-            &mut batch,
-            &mut counts,
-            count_key(&task.plugin, task.status),
-            true,
-        )?;
+        self.bump_counts(&mut batch, &sled_index::counter_keys(task), true)?;
+        self.bump_cells(&mut batch, cells::changes(None, Some(task)))?;
         let staged = Self::stage_events(&state, &mut batch, task, events)?;
         self.apply(&mut state, batch, staged)
     }
@@ -311,29 +351,19 @@ impl Storage for SledStorage {
         }
         let mut batch = Batch::default();
         batch.insert(task_key(&task.id), encode(task)?);
-        let old_indexes: BTreeSet<Vec<u8>> = index_keys(&stored).into_iter().collect();
-        let new_indexes: BTreeSet<Vec<u8>> = index_keys(task).into_iter().collect();
+        let old_indexes = sled_index::index_keys(&stored);
+        let new_indexes = sled_index::index_keys(task);
         for gone in old_indexes.difference(&new_indexes) {
             batch.remove(gone.clone());
         }
         for added in new_indexes.difference(&old_indexes) {
             batch.insert(added.clone(), &[][..]);
         }
-        if stored.status != task.status || stored.plugin != task.plugin {
-            let mut counts = BTreeMap::new();
-            self.bump_count(
-                &mut batch,
-                &mut counts,
-                count_key(&stored.plugin, stored.status),
-                false,
-            )?;
-            self.bump_count(
-                &mut batch,
-                &mut counts,
-                count_key(&task.plugin, task.status),
-                true,
-            )?;
-        }
+        let old_counters = sled_index::counter_keys(&stored);
+        let new_counters = sled_index::counter_keys(task);
+        self.bump_counts(&mut batch, old_counters.difference(&new_counters), false)?;
+        self.bump_counts(&mut batch, new_counters.difference(&old_counters), true)?;
+        self.bump_cells(&mut batch, cells::changes(Some(&stored), Some(task)))?;
         let staged = Self::stage_events(&state, &mut batch, task, events)?;
         self.apply(&mut state, batch, staged)
     }
@@ -352,16 +382,11 @@ impl Storage for SledStorage {
         };
         let mut batch = Batch::default();
         batch.remove(task_key(id));
-        for index in index_keys(&task) {
+        for index in sled_index::index_keys(&task) {
             batch.remove(index);
         }
-        let mut counts = BTreeMap::new();
-        self.bump_count(
-            &mut batch,
-            &mut counts,
-            count_key(&task.plugin, task.status),
-            false,
-        )?;
+        self.bump_counts(&mut batch, &sled_index::counter_keys(&task), false)?;
+        self.bump_cells(&mut batch, cells::changes(Some(&task), None))?;
         for prefix_parts in [
             &[&b"l"[..], id.as_bytes()][..],
             &[&b"r"[..], id.as_bytes()][..],
@@ -379,55 +404,7 @@ impl Storage for SledStorage {
     }
 
     fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError> {
-        // Walk the most selective index; the other filters apply to the tasks it yields.
-        let index = if let Some(status) = query.status {
-            prefix(&[b"i", b"status", status.as_str().as_bytes()])
-        } else if let Some(plugin) = &query.plugin {
-            prefix(&[b"i", b"plugin", plugin.as_bytes()])
-        } else if let Some(owner) = &query.owner {
-            prefix(&[b"i", b"owner", owner.as_bytes()])
-        } else if let Some((k, v)) = query.labels.first() {
-            prefix(&[b"i", b"label", format!("{k}={v}").as_bytes()])
-        } else {
-            prefix(&[b"i", b"all", b""])
-        };
-        let by_created = query.sort == SortField::CreatedAt;
-        let mut total = 0u64;
-        let mut page = Vec::new();
-        let mut matching = Vec::new();
-        for id in self.scan_ids(index, query.ascending || !by_created) {
-            let id = id?;
-            let Some(task) = self.load_task(&id)? else {
-                continue;
-            };
-            if !query.matches(&task) {
-                continue;
-            }
-            if by_created {
-                if total as usize >= query.offset && page.len() < query.limit {
-                    page.push(task);
-                }
-            } else {
-                matching.push(task);
-            }
-            total += 1;
-        }
-        if !by_created {
-            match query.sort {
-                SortField::UpdatedAt => matching.sort_by_key(|t| t.updated_at),
-                SortField::Priority => matching.sort_by_key(|t| (t.priority, t.created_at)),
-                SortField::CreatedAt => {}
-            }
-            if !query.ascending {
-                matching.reverse();
-            }
-            page = matching
-                .into_iter()
-                .skip(query.offset)
-                .take(query.limit)
-                .collect();
-        }
-        Ok((page, total))
+        sled_index::list(&self.main, query, |id| self.load_task(id))
     }
 
     fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError> {
@@ -437,9 +414,10 @@ impl Storage for SledStorage {
 
     fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError> {
         let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
-        for entry in self.main.scan_prefix(prefix(&[b"c"])) {
+        let scan = sled_index::plugin_status_counters();
+        for entry in self.main.scan_prefix(&scan) {
             let (k, v) = entry.map_err(backend)?;
-            let mut parts = k[2..].split(|b| *b == 0);
+            let mut parts = k[scan.len()..].split(|b| *b == 0);
             let plugin = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             let status = parts
                 .next()
@@ -453,6 +431,20 @@ impl Storage for SledStorage {
             }
         }
         Ok(counts)
+    }
+
+    fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<Cell>, StorageError> {
+        let mut found = Vec::new();
+        for entry in self.main.scan_prefix(sled_index::cells_prefix(owner)) {
+            let (k, v) = entry.map_err(backend)?;
+            if let Some(key) = sled_index::parse_cell_key(&k) {
+                found.push(Cell {
+                    key,
+                    counts: cells::CellCounts::decode(&v),
+                });
+            }
+        }
+        Ok(found)
     }
 
     fn events(
@@ -710,5 +702,75 @@ impl Drop for SledStorage {
         {
             tracing::error!("the commit flusher panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::conformance::{self, Backend};
+
+    struct Sled {
+        dir: tempfile::TempDir,
+    }
+
+    impl Backend for Sled {
+        fn open(&mut self) -> Arc<dyn Storage> {
+            Arc::new(SledStorage::open(self.dir.path()).expect("sled opens"))
+        }
+
+        fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage> {
+            drop(store);
+            self.open()
+        }
+    }
+
+    fn sled() -> Sled {
+        Sled {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sled_passes_the_storage_conformance_suite() {
+        conformance::run_all(sled).await;
+    }
+
+    #[tokio::test]
+    async fn a_store_of_an_older_layout_gets_its_indexes_and_counters_rebuilt_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStorage::open(dir.path()).expect("opens");
+        for n in 0..5 {
+            let mut task = conformance::task(&format!("m{n}"), "p", "alice", TaskStatus::Queued, n);
+            task.labels.insert("project".into(), "x".into());
+            store.create_task(&task, &[]).expect("created");
+        }
+        let query = TaskQuery {
+            labels: vec![("project".into(), "x".into())],
+            limit: 10,
+            ..TaskQuery::default()
+        };
+        let before = store.list_tasks(&query).expect("listing");
+        let counts = store.status_counts().expect("counts");
+        // What a store written before the counters looked like: no derived keys, no version.
+        for derived in sled_index::DERIVED_PREFIXES
+            .iter()
+            .chain([&b"m\0"[..]].iter())
+        {
+            for k in store.main.scan_prefix(derived).keys() {
+                store.main.remove(k.expect("key")).expect("removed");
+            }
+        }
+        store.commit_log().committed(Vec::new());
+        store.commit_log().sync().await.expect("durable");
+        assert_eq!(store.list_tasks(&query).expect("listing").1, 0);
+        drop(store);
+
+        let store = SledStorage::open(dir.path()).expect("reopens");
+        assert_eq!(store.list_tasks(&query).expect("listing"), before);
+        assert_eq!(store.status_counts().expect("counts"), counts);
+        assert_eq!(before.1, 5);
     }
 }

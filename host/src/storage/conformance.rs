@@ -1,0 +1,404 @@
+//! The storage conformance suite: the contract atop [`super`], as tests any backend must pass.
+//! A backend's own test module implements [`Backend`] (open a fresh store, and reopen the same
+//! one as a restart would) and calls [`run_all`]; sled runs it in its unit tests, the
+//! PostgreSQL backend will run the same suite unchanged.
+//!
+//! Listings are checked against a model: every query is also answered by filtering and
+//! sorting all tasks in memory, and the store must return the same page and the same total.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+use super::cells::CellKey;
+use super::{SortField, Storage, StorageError, TaskQuery};
+use crate::model::{EventKind, NewEvent, Record, Task, TaskProgress, TaskStatus};
+
+/// A backend under test.
+pub trait Backend {
+    /// The store, opened on this backend's (initially empty) data.
+    fn open(&mut self) -> Arc<dyn Storage>;
+    /// Closes `store` as a restart would (after `sync`) and opens the same data again.
+    fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage>;
+}
+
+/// Runs every conformance check, each on a fresh store from `new_backend`.
+pub async fn run_all<B: Backend>(mut new_backend: impl FnMut() -> B) {
+    a_task_its_counters_and_events_commit_together(&mut new_backend()).await;
+    a_refused_write_changes_nothing(&mut new_backend()).await;
+    seqs_rise_strictly_and_subscribers_see_them_in_order(&mut new_backend()).await;
+    listings_match_the_model_for_every_filter_sort_and_page(&mut new_backend()).await;
+    everything_survives_a_restart_and_seqs_continue_above(&mut new_backend()).await;
+    logs_records_and_plugin_data_round_trip(&mut new_backend()).await;
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(1_780_000_000_000 + ms)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+/// A task as the engine would store it.
+pub fn task(id: &str, plugin: &str, owner: &str, status: TaskStatus, created_ms: i64) -> Task {
+    Task {
+        id: id.to_owned(),
+        plugin: plugin.to_owned(),
+        task_type: "echo".into(),
+        status,
+        executor: Default::default(),
+        input: json!({"n": created_ms}),
+        sealed_input: None,
+        labels: BTreeMap::new(),
+        priority: 0,
+        owner: owner.to_owned(),
+        progress: TaskProgress::default(),
+        attempt: 0,
+        max_attempts: 3,
+        timeout_s: 60,
+        result: None,
+        error: None,
+        depends_on: Vec::new(),
+        parent_id: None,
+        reporters: Vec::new(),
+        created_via: None,
+        created_at: at(created_ms),
+        scheduled_at: None,
+        started_at: None,
+        finished_at: None,
+        updated_at: at(created_ms),
+    }
+}
+
+fn created() -> Vec<NewEvent> {
+    vec![
+        NewEvent::new(EventKind::Created, json!({})),
+        NewEvent::new(EventKind::Queued, json!({"status": "queued"})),
+    ]
+}
+
+fn count(store: &dyn Storage, plugin: &str, status: TaskStatus) -> u64 {
+    store
+        .status_counts()
+        .expect("counts")
+        .get(plugin)
+        .and_then(|c| c.get(&status).copied())
+        .unwrap_or(0)
+}
+
+async fn a_task_its_counters_and_events_commit_together(backend: &mut impl Backend) {
+    let store = backend.open();
+    let mut t = task("a", "p", "alice", TaskStatus::Queued, 0);
+    let events = store.create_task(&t, &created()).expect("created");
+    assert_eq!(events.len(), 2);
+    store.commit_log().sync().await.expect("durable");
+    assert_eq!(store.get_task("a").expect("read"), Some(t.clone()));
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 1);
+
+    t.status = TaskStatus::Running;
+    t.attempt = 1;
+    store
+        .update_task(
+            &t,
+            TaskStatus::Queued,
+            &[NewEvent::new(EventKind::Started, json!({}))],
+        )
+        .expect("started");
+    store.commit_log().sync().await.expect("durable");
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 0);
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Running), 1);
+    let kinds: Vec<EventKind> = store
+        .events(Some("a"), 0, 100)
+        .expect("events")
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Created, EventKind::Queued, EventKind::Started]
+    );
+    assert_eq!(
+        store
+            .task_ids_with_status(TaskStatus::Running)
+            .expect("index"),
+        ["a"]
+    );
+    assert!(
+        store
+            .task_ids_with_status(TaskStatus::Queued)
+            .expect("index")
+            .is_empty()
+    );
+}
+
+async fn a_refused_write_changes_nothing(backend: &mut impl Backend) {
+    let store = backend.open();
+    let t = task("dup", "p", "alice", TaskStatus::Queued, 0);
+    store.create_task(&t, &created()).expect("created");
+    store.commit_log().sync().await.expect("durable");
+    let last = store.last_seq();
+
+    let mut other = t.clone();
+    other.plugin = "q".into();
+    assert!(matches!(
+        store.create_task(&other, &created()),
+        Err(StorageError::Duplicate(_))
+    ));
+    let mut moved = t.clone();
+    moved.status = TaskStatus::Completed;
+    assert!(matches!(
+        store.update_task(&moved, TaskStatus::Running, &created()),
+        Err(StorageError::StatusChanged { .. })
+    ));
+    store.commit_log().sync().await.expect("durable");
+    assert_eq!(store.get_task("dup").expect("read"), Some(t));
+    assert_eq!(store.last_seq(), last, "no event of a refused write");
+    assert_eq!(count(store.as_ref(), "q", TaskStatus::Queued), 0);
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Completed), 0);
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 1);
+}
+
+async fn seqs_rise_strictly_and_subscribers_see_them_in_order(backend: &mut impl Backend) {
+    let store = backend.open();
+    let mut live = store.subscribe();
+    for n in 0..50 {
+        let t = task(&format!("s{n:02}"), "p", "alice", TaskStatus::Queued, n);
+        store.create_task(&t, &created()).expect("created");
+    }
+    store.commit_log().sync().await.expect("durable");
+    let stored = store.events(None, 0, 1000).expect("events");
+    assert_eq!(stored.len(), 100);
+    assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.last_seq(), stored[99].seq);
+    for expected in &stored {
+        let event = live.try_recv().expect("published once durable");
+        assert_eq!(event.seq, expected.seq);
+    }
+    let after = store.events(None, stored[49].seq, 10).expect("events");
+    assert_eq!(after.first().map(|e| e.seq), Some(stored[50].seq));
+    assert_eq!(after.len(), 10);
+}
+
+/// What a listing must return, computed from every task.
+fn model(tasks: &[Task], query: &TaskQuery) -> (Vec<String>, u64) {
+    let mut matching: Vec<&Task> = tasks.iter().filter(|t| query.matches(t)).collect();
+    matching.sort_by(|a, b| {
+        let order = match query.sort {
+            SortField::CreatedAt => a.created_at.cmp(&b.created_at),
+            SortField::UpdatedAt => a.updated_at.cmp(&b.updated_at),
+            SortField::Priority => a.priority.cmp(&b.priority),
+        };
+        order
+            .then(a.created_at.cmp(&b.created_at))
+            .then(a.id.cmp(&b.id))
+    });
+    if !query.ascending {
+        matching.reverse();
+    }
+    let total = matching.len() as u64;
+    let page = matching
+        .into_iter()
+        .skip(query.offset)
+        .take(query.limit)
+        .map(|t| t.id.clone())
+        .collect();
+    (page, total)
+}
+
+async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut impl Backend) {
+    let store = backend.open();
+    let statuses = [
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+    ];
+    let mut tasks = Vec::new();
+    for n in 0..120i64 {
+        let mut t = task(
+            &format!("l{n:03}"),
+            ["alpha", "beta", "gamma"][n as usize % 3],
+            ["alice", "bob"][n as usize % 2],
+            TaskStatus::Queued,
+            n * 10,
+        );
+        t.priority = (n % 7) as i32 - 3;
+        if n % 4 == 0 {
+            t.labels.insert("project".into(), format!("p{}", n % 3));
+        }
+        store.create_task(&t, &created()).expect("created");
+        let next = statuses[n as usize % 4];
+        if next != TaskStatus::Queued {
+            let mut moved = t.clone();
+            moved.status = next;
+            moved.updated_at = at(10_000 - n * 3);
+            store
+                .update_task(&moved, TaskStatus::Queued, &[])
+                .expect("moved");
+            t = moved;
+        }
+        tasks.push(t);
+    }
+    // Deleting a finished task takes it out of every listing and count.
+    assert!(store.delete_task("l002").expect("deleted"));
+    tasks.retain(|t| t.id != "l002");
+    store.commit_log().sync().await.expect("durable");
+
+    let mut queries = Vec::new();
+    for sort in [
+        SortField::CreatedAt,
+        SortField::UpdatedAt,
+        SortField::Priority,
+    ] {
+        for ascending in [false, true] {
+            for (offset, limit) in [(0, 20), (15, 7), (110, 20)] {
+                let base = TaskQuery {
+                    sort,
+                    ascending,
+                    offset,
+                    limit,
+                    ..TaskQuery::default()
+                };
+                queries.push(base.clone());
+                queries.push(TaskQuery {
+                    status: Some(TaskStatus::Completed),
+                    ..base.clone()
+                });
+                queries.push(TaskQuery {
+                    plugin: Some("beta".into()),
+                    ..base.clone()
+                });
+                queries.push(TaskQuery {
+                    owner: Some("alice".into()),
+                    plugins: Some(vec!["alpha".into(), "gamma".into()]),
+                    ..base.clone()
+                });
+                queries.push(TaskQuery {
+                    labels: vec![("project".into(), "p1".into())],
+                    ..base.clone()
+                });
+                queries.push(TaskQuery {
+                    status: Some(TaskStatus::Failed),
+                    plugin: Some("alpha".into()),
+                    created_after: Some(at(200)),
+                    created_before: Some(at(1000)),
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    for query in &queries {
+        let (page, total) = store.list_tasks(query).expect("listing");
+        let ids: Vec<String> = page.iter().map(|t| t.id.clone()).collect();
+        assert_eq!((ids, total), model(&tasks, query), "{query:?}");
+    }
+    // The statistics cells add up to the tasks, for all owners and for one.
+    for owner in [None, Some("alice")] {
+        let mut model_cells: BTreeMap<CellKey, [u64; 7]> = BTreeMap::new();
+        for t in tasks.iter().filter(|t| owner.is_none_or(|o| t.owner == o)) {
+            let slot = TaskStatus::ALL
+                .iter()
+                .position(|s| *s == t.status)
+                .unwrap_or(0);
+            model_cells.entry(CellKey::of(t)).or_default()[slot] += 1;
+        }
+        let stored: BTreeMap<CellKey, [u64; 7]> = store
+            .stat_cells(owner)
+            .expect("cells")
+            .into_iter()
+            .filter(|c| c.counts.by_status.iter().any(|n| *n > 0))
+            .map(|c| (c.key, c.counts.by_status))
+            .collect();
+        assert_eq!(stored, model_cells, "cells of {owner:?}");
+    }
+    let counts = store.status_counts().expect("counts");
+    for plugin in ["alpha", "beta", "gamma"] {
+        for status in TaskStatus::ALL {
+            let expected = tasks
+                .iter()
+                .filter(|t| t.plugin == plugin && t.status == status)
+                .count() as u64;
+            let stored = counts
+                .get(plugin)
+                .and_then(|c| c.get(&status).copied())
+                .unwrap_or(0);
+            assert_eq!(stored, expected, "{plugin} {status}");
+        }
+    }
+}
+
+async fn everything_survives_a_restart_and_seqs_continue_above(backend: &mut impl Backend) {
+    let store = backend.open();
+    for n in 0..30 {
+        let t = task(&format!("r{n:02}"), "p", "alice", TaskStatus::Queued, n);
+        store.create_task(&t, &created()).expect("created");
+    }
+    store.commit_log().sync().await.expect("durable");
+    let before_tasks = store
+        .list_tasks(&TaskQuery {
+            limit: 100,
+            ..TaskQuery::default()
+        })
+        .expect("listing");
+    let before_counts = store.status_counts().expect("counts");
+    let last = store.last_seq();
+
+    let store = backend.reopen(store);
+    assert_eq!(store.last_seq(), last);
+    let after_tasks = store
+        .list_tasks(&TaskQuery {
+            limit: 100,
+            ..TaskQuery::default()
+        })
+        .expect("listing");
+    assert_eq!(after_tasks, before_tasks);
+    assert_eq!(store.status_counts().expect("counts"), before_counts);
+    let t = task("r-next", "p", "alice", TaskStatus::Queued, 99);
+    let events = store.create_task(&t, &created()).expect("created");
+    assert_eq!(
+        events[0].seq,
+        last + 1,
+        "seqs continue above the last durable one"
+    );
+}
+
+async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
+    let store = backend.open();
+    let t = task("x", "p", "alice", TaskStatus::Running, 0);
+    store.create_task(&t, &created()).expect("created");
+    let first = store.append_log(&t, "info", "one").expect("log");
+    store.append_log(&t, "warn", "two").expect("log");
+    for key in ["k1", "k2", "k3"] {
+        store
+            .put_record(
+                "x",
+                &Record {
+                    collection: "pages".into(),
+                    key: key.into(),
+                    data: json!({"key": key}),
+                    updated_at: at(0) + Duration::seconds(1),
+                },
+            )
+            .expect("record");
+    }
+    store.kv_set("p", "cursor", b"42").expect("kv");
+    store.commit_log().sync().await.expect("durable");
+    let logs = store.logs("x", 0, 10).expect("logs");
+    assert_eq!(
+        logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    assert_eq!(store.logs("x", first.seq, 10).expect("logs").len(), 1);
+    let (page, total) = store.records("x", Some("pages"), 2, 1).expect("records");
+    assert_eq!(total, 3);
+    assert_eq!(
+        page.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["k2", "k3"]
+    );
+    assert_eq!(
+        store.kv_get("p", "cursor").expect("kv"),
+        Some(b"42".to_vec())
+    );
+    assert_eq!(store.kv_list("p", "cur", 10).expect("kv"), ["cursor"]);
+}

@@ -1,0 +1,360 @@
+//! The sled backend's secondary indexes and counters, and how a listing walks them, so that
+//! listing and counting cost the same at a million tasks as at a thousand.
+//!
+//! Every task sits in one index per *dimension* it has: `all`, `status`, `plugin`, `owner`,
+//! `ps` (plugin and status), `os` (owner and status) and one `label` per label. Each index is
+//! kept in creation order, and the `all` and `status` ones also by priority and by last
+//! update; each (dimension, value) has an exact counter, written in the same batch as the
+//! task:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `i\0{dim}\0{value}\0{created_ms}\0{id}` | (creation order) |
+//! | `I\0{field}\0{dim}\0{value}\0{sort key}\0{created_ms}\0{id}` | (`priority`, `updated` order) |
+//! | `n\0{dim}\0{value}` | count |
+//!
+//! A listing picks the smallest index that its filters imply. When nothing else filters and
+//! the order is one the index keeps, the page is a key-only range walk (skipping `offset`
+//! keys, reading `limit` tasks) and `total` is the counter. Otherwise the tasks of that index
+//! are read and the remaining filters applied: the cost follows the smallest filter's size,
+//! not the store's.
+
+use std::collections::BTreeSet;
+
+use sled::{IVec, Tree};
+
+use super::cells::CellKey;
+use super::sled_store::{backend, key, prefix, read_u64};
+use super::{SortField, StorageError, TaskQuery};
+use crate::model::Task;
+
+/// Sort fields that have their own index (on the `all` and `status` dimensions).
+const SORTED_DIMS: [&[u8]; 2] = [b"all", b"status"];
+
+/// A (dimension, value) pair: one index and one counter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Dim {
+    name: &'static [u8],
+    value: Vec<u8>,
+}
+
+fn pair(a: &str, b: &str) -> Vec<u8> {
+    key(&[a.as_bytes(), b.as_bytes()])
+}
+
+fn dims(task: &Task) -> Vec<Dim> {
+    let status = task.status.as_str();
+    let mut dims = vec![
+        Dim {
+            name: b"all",
+            value: Vec::new(),
+        },
+        Dim {
+            name: b"status",
+            value: status.as_bytes().to_vec(),
+        },
+        Dim {
+            name: b"plugin",
+            value: task.plugin.as_bytes().to_vec(),
+        },
+        Dim {
+            name: b"owner",
+            value: task.owner.as_bytes().to_vec(),
+        },
+        Dim {
+            name: b"ps",
+            value: pair(&task.plugin, status),
+        },
+        Dim {
+            name: b"os",
+            value: pair(&task.owner, status),
+        },
+    ];
+    for (k, v) in &task.labels {
+        dims.push(Dim {
+            name: b"label",
+            value: format!("{k}={v}").into_bytes(),
+        });
+    }
+    dims
+}
+
+fn priority_key(task: &Task) -> [u8; 4] {
+    // Flipping the sign bit makes byte order numeric order for i32.
+    ((task.priority as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+fn created_ms(task: &Task) -> [u8; 8] {
+    (task.created_at.timestamp_millis().max(0) as u64).to_be_bytes()
+}
+
+/// Every index entry of `task`.
+pub(super) fn index_keys(task: &Task) -> BTreeSet<Vec<u8>> {
+    let created = created_ms(task);
+    let id = task.id.as_bytes();
+    let updated = (task.updated_at.timestamp_millis().max(0) as u64).to_be_bytes();
+    let priority = priority_key(task);
+    let mut keys = BTreeSet::new();
+    for dim in dims(task) {
+        keys.insert(key(&[b"i", dim.name, &dim.value, &created, id]));
+        if SORTED_DIMS.contains(&dim.name) {
+            keys.insert(key(&[
+                b"I",
+                b"priority",
+                dim.name,
+                &dim.value,
+                &priority,
+                &created,
+                id,
+            ]));
+            keys.insert(key(&[
+                b"I", b"updated", dim.name, &dim.value, &updated, &created, id,
+            ]));
+        }
+    }
+    keys
+}
+
+fn counter_key(dim: &Dim) -> Vec<u8> {
+    key(&[b"n", dim.name, &dim.value])
+}
+
+/// The counters `task` adds one to.
+pub(super) fn counter_keys(task: &Task) -> BTreeSet<Vec<u8>> {
+    dims(task).iter().map(counter_key).collect()
+}
+
+/// The counter prefix under which `ps` counts (plugin, status) pairs.
+pub(super) fn plugin_status_counters() -> Vec<u8> {
+    prefix(&[b"n", b"ps"])
+}
+
+/// Key prefixes of every index, counter and statistics cell, for a rebuild.
+pub(super) const DERIVED_PREFIXES: [&[u8]; 5] = [b"i\0", b"I\0", b"n\0", b"c\0", b"s\0"];
+
+/// `s\0{owner}\0{plugin}\0{project}\0{day}`, the project as `={value}` or empty for none.
+pub(super) fn cell_key(cell: &CellKey) -> Vec<u8> {
+    let project = cell
+        .project
+        .as_ref()
+        .map_or_else(Vec::new, |p| format!("={p}").into_bytes());
+    key(&[
+        b"s",
+        cell.owner.as_bytes(),
+        cell.plugin.as_bytes(),
+        &project,
+        cell.day.as_bytes(),
+    ])
+}
+
+pub(super) fn parse_cell_key(k: &[u8]) -> Option<CellKey> {
+    let mut parts = k.split(|b| *b == 0).skip(1);
+    let text = |part: Option<&[u8]>| part.and_then(|p| String::from_utf8(p.to_vec()).ok());
+    let owner = text(parts.next())?;
+    let plugin = text(parts.next())?;
+    let project = text(parts.next())?;
+    let day = text(parts.next())?;
+    Some(CellKey {
+        owner,
+        plugin,
+        project: project.strip_prefix('=').map(str::to_owned),
+        day,
+    })
+}
+
+/// The scan prefix of the cells of `owner`, or of all.
+pub(super) fn cells_prefix(owner: Option<&str>) -> Vec<u8> {
+    match owner {
+        Some(owner) => prefix(&[b"s", owner.as_bytes()]),
+        None => prefix(&[b"s"]),
+    }
+}
+
+/// How a listing reads the store.
+struct Plan {
+    dim: Dim,
+    /// Whether filters beyond the dimension (and `created` bounds) remain to apply.
+    residual: bool,
+}
+
+/// The filters of `query` as dimensions, and whether something else filters too.
+fn plan(tree: &Tree, query: &TaskQuery) -> Result<Plan, StorageError> {
+    let status = query.status.map(|s| s.as_str());
+    // A single-plugin scope is a plugin filter.
+    let plugin = query.plugin.as_deref().or(match query.plugins.as_deref() {
+        Some([only]) => Some(only.as_str()),
+        _ => None,
+    });
+    let owner = query.owner.as_deref();
+    let mut candidates: Vec<(Dim, bool)> = Vec::new();
+    let extra_labels = !query.labels.is_empty();
+    let wide_scope = query.plugins.as_ref().is_some_and(|p| p.len() > 1);
+    let other = query.task_type.is_some() || wide_scope;
+    // The combined dimensions, each with whether a filter outside it remains.
+    let combined = [
+        (&b"ps"[..], plugin, owner.is_some()),
+        (&b"os"[..], owner, plugin.is_some()),
+    ];
+    for (name, first, outside) in combined {
+        if let (Some(first), Some(status)) = (first, status) {
+            let value = pair(first, status);
+            candidates.push((Dim { name, value }, outside || extra_labels || other));
+        }
+    }
+    let filters = status.is_some() as usize
+        + plugin.is_some() as usize
+        + owner.is_some() as usize
+        + query.labels.len();
+    let alone = filters == 1 && !other;
+    let single: Vec<(&'static [u8], Vec<u8>)> = [
+        status.map(|s| (&b"status"[..], s.as_bytes().to_vec())),
+        plugin.map(|p| (&b"plugin"[..], p.as_bytes().to_vec())),
+        owner.map(|o| (&b"owner"[..], o.as_bytes().to_vec())),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(
+        query
+            .labels
+            .iter()
+            .map(|(k, v)| (&b"label"[..], format!("{k}={v}").into_bytes())),
+    )
+    .collect();
+    for (name, value) in single {
+        candidates.push((Dim { name, value }, !alone));
+    }
+    let mut best: Option<(u64, Plan)> = None;
+    for (dim, residual) in candidates {
+        let size = read_u64(tree.get(counter_key(&dim)).map_err(backend)?);
+        if best.as_ref().is_none_or(|(smallest, _)| size < *smallest) {
+            best = Some((size, Plan { dim, residual }));
+        }
+    }
+    Ok(best.map_or(
+        Plan {
+            dim: Dim {
+                name: b"all",
+                value: Vec::new(),
+            },
+            residual: other,
+        },
+        |(_, plan)| plan,
+    ))
+}
+
+fn id_after(k: &IVec, skip: usize) -> Result<String, StorageError> {
+    String::from_utf8(k.get(skip..).unwrap_or_default().to_vec()).map_err(backend)
+}
+
+/// The page `query` asks for and how many tasks match, reading tasks with `load`.
+pub(super) fn list(
+    tree: &Tree,
+    query: &TaskQuery,
+    load: impl Fn(&str) -> Result<Option<Task>, StorageError>,
+) -> Result<(Vec<Task>, u64), StorageError> {
+    let plan = plan(tree, query)?;
+    let ranged = query.created_after.is_some() || query.created_before.is_some();
+    let sort_indexed = query.sort == SortField::CreatedAt || SORTED_DIMS.contains(&plan.dim.name);
+    if !plan.residual && !ranged && sort_indexed {
+        let (scan, skip) = match query.sort {
+            SortField::CreatedAt => {
+                let scan = prefix(&[b"i", plan.dim.name, &plan.dim.value]);
+                let skip = scan.len() + 9;
+                (scan, skip)
+            }
+            SortField::Priority | SortField::UpdatedAt => {
+                let (field, width): (&[u8], usize) = match query.sort {
+                    SortField::Priority => (b"priority", 4),
+                    _ => (b"updated", 8),
+                };
+                let scan = prefix(&[b"I", field, plan.dim.name, &plan.dim.value]);
+                let skip = scan.len() + width + 1 + 9;
+                (scan, skip)
+            }
+        };
+        let keys = tree.scan_prefix(scan).keys();
+        let keys: Box<dyn Iterator<Item = sled::Result<IVec>>> = if query.ascending {
+            Box::new(keys)
+        } else {
+            Box::new(keys.rev())
+        };
+        let mut page = Vec::with_capacity(query.limit.min(1000));
+        for k in keys.skip(query.offset).take(query.limit) {
+            let id = id_after(&k.map_err(backend)?, skip)?;
+            if let Some(task) = load(&id)? {
+                page.push(task);
+            }
+        }
+        let total = read_u64(tree.get(counter_key(&plan.dim)).map_err(backend)?);
+        return Ok((page, total));
+    }
+
+    // Read the tasks of the chosen index (within the creation bounds) and filter them.
+    let scan = prefix(&[b"i", plan.dim.name, &plan.dim.value]);
+    let skip = scan.len() + 9;
+    let bound =
+        |t: chrono::DateTime<chrono::Utc>| (t.timestamp_millis().max(0) as u64).to_be_bytes();
+    let mut from = scan.clone();
+    if let Some(after) = query.created_after {
+        from.extend_from_slice(&bound(after));
+    }
+    let mut until = scan.clone();
+    match query.created_before {
+        Some(before) => {
+            let ms = (before.timestamp_millis().max(0) as u64).saturating_add(1);
+            until.extend_from_slice(&ms.to_be_bytes());
+        }
+        None => {
+            // Everything under the prefix: its trailing \0 bumped to \x01.
+            if let Some(last) = until.last_mut() {
+                *last = 1;
+            }
+        }
+    }
+    let keys = tree.range(from..until).keys();
+    let keys: Box<dyn Iterator<Item = sled::Result<IVec>>> =
+        if query.ascending || query.sort != SortField::CreatedAt {
+            Box::new(keys)
+        } else {
+            Box::new(keys.rev())
+        };
+    let by_created = query.sort == SortField::CreatedAt;
+    let mut total = 0u64;
+    let mut page = Vec::new();
+    let mut matching = Vec::new();
+    for k in keys {
+        let id = id_after(&k.map_err(backend)?, skip)?;
+        let Some(task) = load(&id)? else { continue };
+        if !query.matches(&task) {
+            continue;
+        }
+        if by_created {
+            if total as usize >= query.offset && page.len() < query.limit {
+                page.push(task);
+            }
+        } else {
+            matching.push(task);
+        }
+        total += 1;
+    }
+    if !by_created {
+        match query.sort {
+            SortField::UpdatedAt => matching.sort_by(|a, b| {
+                (a.updated_at, a.created_at, &a.id).cmp(&(b.updated_at, b.created_at, &b.id))
+            }),
+            SortField::Priority => matching.sort_by(|a, b| {
+                (a.priority, a.created_at, &a.id).cmp(&(b.priority, b.created_at, &b.id))
+            }),
+            SortField::CreatedAt => {}
+        }
+        if !query.ascending {
+            matching.reverse();
+        }
+        page = matching
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
+    }
+    Ok((page, total))
+}
