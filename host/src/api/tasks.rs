@@ -231,7 +231,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(raw_query())
         .then(
             |id: String, p: Principal, s: AppState, q: String| async move {
-                respond(events(&p, &s, &id, &q))
+                respond(events(&p, &s, &id, &q).await)
             },
         );
     let logs = task("logs")
@@ -242,7 +242,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(raw_query())
         .then(
             |id: String, p: Principal, c: Credentials, s: AppState, q: String| async move {
-                respond(logs(&p, c, &s, &id, &q))
+                respond(logs(&p, c, &s, &id, &q).await)
             },
         );
     let records = task("records")
@@ -403,7 +403,7 @@ fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Response, 
     ))
 }
 
-fn events(
+async fn events(
     principal: &Principal,
     state: &AppState,
     id: &str,
@@ -412,7 +412,7 @@ fn events(
     let query = Query::parse(raw, &["after_seq", "limit"], false)?;
     let after_seq = query.u64_in("after_seq", 0, u64::MAX, 0)?;
     let limit = query.u64_in("limit", 1, 1000, 100)? as usize;
-    let events = state.engine.events(principal, id, after_seq, limit + 1)?;
+    let events = state.engine.events(principal, id, after_seq, limit + 1).await?;
     let has_more = events.len() > limit;
     let data: Vec<Value> = events.iter().take(limit).map(|e| e.to_api()).collect();
     let next = events[..events.len().min(limit)]
@@ -430,7 +430,7 @@ fn events(
     ))
 }
 
-fn logs(
+async fn logs(
     principal: &Principal,
     credentials: Credentials,
     state: &AppState,
@@ -450,7 +450,7 @@ fn logs(
     if query.bool("follow")? {
         return follow::follow_logs(principal, credentials, state, id, after_seq, since_time);
     }
-    let (_, entries) = state.engine.logs(principal, id, after_seq, usize::MAX)?;
+    let (_, entries) = state.engine.logs(principal, id, after_seq, usize::MAX).await?;
     let entries: Vec<Value> = entries
         .into_iter()
         .filter(|e| since_time.is_none_or(|t| e.timestamp > t))

@@ -744,7 +744,10 @@ impl Engine {
         Ok(self.inner.schedule(&task)?.unwrap_or(task))
     }
 
-    pub fn events(
+    /// A task's events after `after_seq`. Events become visible once durable, a little after
+    /// the task's own state can be read; waiting for the writes made before the call keeps a
+    /// reader who saw the task in some state from missing the events that led to it.
+    pub async fn events(
         &self,
         principal: &Principal,
         id: &str,
@@ -752,10 +755,26 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
         self.load(principal, id)?;
+        self.inner.durability.sync().await?;
         Ok(self.inner.storage.events(Some(id), after_seq, limit)?)
     }
 
-    pub fn logs(
+    /// A task's log lines after `after_seq`, once the writes made before the call are
+    /// durable (as for [`events`](Self::events)).
+    pub async fn logs(
+        &self,
+        principal: &Principal,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Task, Vec<LogEntry>), EngineError> {
+        self.inner.durability.sync().await?;
+        self.visible_logs(principal, id, after_seq, limit)
+    }
+
+    /// The log lines visible now, without waiting: for followers, which then take the rest
+    /// from the live feed.
+    pub fn visible_logs(
         &self,
         principal: &Principal,
         id: &str,
