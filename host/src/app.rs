@@ -96,6 +96,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         config.engine.clone(),
     )
     .await?;
+    engine.spawn_retention(config.retention.clone());
     let streams = Streams::start(engine.clone(), config.streams.clone());
     let limits = Arc::new(RateLimits::new(config.rate_limits.clone()));
     {

@@ -15,6 +15,12 @@
 //! cancel_grace_s = 5
 //! shutdown_grace_s = 10
 //!
+//! [retention]                        # see RetentionConfig: finished tasks are pruned
+//! max_age_s = 604800                 # … a week after their last update (0: never)
+//! max_finished_tasks = 1000000       # … beyond the newest million (0: no cap)
+//! sweep_interval_s = 60
+//! batch = 1000
+//!
 //! [runtime]                          # see RuntimeConfig
 //! max_instances = 256
 //! max_memory_mb = 4096
@@ -60,7 +66,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ratelimit::RateLimitConfig;
 use crate::auth::AuthConfig;
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, RetentionConfig};
 use crate::runners::RunnerConfig;
 use crate::runtime::{Grants, RuntimeConfig};
 use crate::streams::StreamConfig;
@@ -79,6 +85,7 @@ pub struct Config {
     /// Largest plugin upload.
     pub max_plugin_bytes: usize,
     pub engine: EngineConfig,
+    pub retention: RetentionConfig,
     pub runtime: RuntimeConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
@@ -100,6 +107,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             max_plugin_bytes: 64 << 20,
             engine: EngineConfig::default(),
+            retention: RetentionConfig::default(),
             runtime: RuntimeConfig::default(),
             auth: AuthConfig::default(),
             rate_limits: RateLimitConfig::default(),

@@ -192,8 +192,12 @@ impl ServerProcess {
     /// Starts `taskhost serve` on 127.0.0.1:0 with a temp data dir, rate limits off and
     /// `extra_config` appended to its config file, and logs in as admin.
     pub async fn start(extra_config: &str) -> Self {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra_config).await
+    }
+
+    /// As [`start`](Self::start), on the data already in `data` (its `data/` directory).
+    pub async fn start_in(data: tempfile::TempDir, extra_config: &str) -> Self {
         use std::io::BufRead;
-        let data = tempfile::tempdir().expect("temp dir");
         let config = data.path().join("bench.toml");
         std::fs::write(
             &config,
@@ -251,6 +255,18 @@ impl ServerProcess {
 
     pub fn rss_mb(&self) -> f64 {
         rss_mb(&self.pid)
+    }
+}
+
+impl ServerProcess {
+    /// SIGTERM, waits for the exit, and hands back the data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid])
+            .status();
+        let _ = self.child.wait();
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.data, placeholder)
     }
 }
 

@@ -98,7 +98,9 @@ pub fn follow_logs(
             .retry_after(5)
         })?;
     let mut live = state.engine.storage().subscribe();
-    let (task, stored) = state.engine.visible_logs(principal, id, after_seq, usize::MAX)?;
+    let (task, stored) = state
+        .engine
+        .visible_logs(principal, id, after_seq, usize::MAX)?;
     let (sender, receiver) = mpsc::channel::<warp::sse::Event>(256);
     let id = id.to_owned();
     let state = state.clone();
@@ -154,7 +156,8 @@ pub fn follow_logs(
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind the live feed: catch up from storage, then go on.
-                    let Ok((task, missed)) = state.engine.visible_logs(&principal, &id, last, usize::MAX)
+                    let Ok((task, missed)) =
+                        state.engine.visible_logs(&principal, &id, last, usize::MAX)
                     else {
                         return;
                     };

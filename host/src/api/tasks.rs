@@ -412,7 +412,10 @@ async fn events(
     let query = Query::parse(raw, &["after_seq", "limit"], false)?;
     let after_seq = query.u64_in("after_seq", 0, u64::MAX, 0)?;
     let limit = query.u64_in("limit", 1, 1000, 100)? as usize;
-    let events = state.engine.events(principal, id, after_seq, limit + 1).await?;
+    let events = state
+        .engine
+        .events(principal, id, after_seq, limit + 1)
+        .await?;
     let has_more = events.len() > limit;
     let data: Vec<Value> = events.iter().take(limit).map(|e| e.to_api()).collect();
     let next = events[..events.len().min(limit)]
@@ -450,7 +453,10 @@ async fn logs(
     if query.bool("follow")? {
         return follow::follow_logs(principal, credentials, state, id, after_seq, since_time);
     }
-    let (_, entries) = state.engine.logs(principal, id, after_seq, usize::MAX).await?;
+    let (_, entries) = state
+        .engine
+        .logs(principal, id, after_seq, usize::MAX)
+        .await?;
     let entries: Vec<Value> = entries
         .into_iter()
         .filter(|e| since_time.is_none_or(|t| e.timestamp > t))

@@ -9,6 +9,7 @@
 mod error;
 mod progress;
 mod reports;
+mod retention;
 mod scheduler;
 mod services;
 mod stats;
@@ -28,6 +29,7 @@ use tracing::warn;
 pub use error::EngineError;
 pub use progress::ProgressReport;
 pub use reports::{ReportedError, TaskUpdate};
+pub use retention::RetentionConfig;
 pub use stats::{Stats, StatsQuery};
 
 use crate::auth::{

@@ -32,6 +32,7 @@ pub async fn run_all<B: Backend>(mut new_backend: impl FnMut() -> B) {
     listings_match_the_model_for_every_filter_sort_and_page(&mut new_backend()).await;
     everything_survives_a_restart_and_seqs_continue_above(&mut new_backend()).await;
     logs_records_and_plugin_data_round_trip(&mut new_backend()).await;
+    retention_prunes_only_finished_tasks_oldest_first_with_their_events(&mut new_backend()).await;
 }
 
 fn at(ms: i64) -> DateTime<Utc> {
@@ -361,6 +362,79 @@ async fn everything_survives_a_restart_and_seqs_continue_above(backend: &mut imp
         last + 1,
         "seqs continue above the last durable one"
     );
+}
+
+async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
+    backend: &mut impl Backend,
+) {
+    let store = backend.open();
+    // Ten finished tasks, last updated at 1 s, 2 s, … 10 s; three still queued, older still.
+    for n in 0..13i64 {
+        let mut t = task(&format!("old{n:02}"), "p", "alice", TaskStatus::Queued, n);
+        store.create_task(&t, &created()).expect("created");
+        if n < 10 {
+            let mut done = t.clone();
+            done.status = [
+                TaskStatus::Completed,
+                TaskStatus::Failed,
+                TaskStatus::Cancelled,
+            ][n as usize % 3];
+            done.updated_at = at(1000 * (n + 1));
+            store
+                .update_task(
+                    &done,
+                    TaskStatus::Queued,
+                    &[NewEvent::new(EventKind::Completed, json!({}))],
+                )
+                .expect("finished");
+            t = done;
+        }
+        store.append_log(&t, "info", "a line").expect("log");
+    }
+    store.commit_log().sync().await.expect("durable");
+
+    // Age: everything last updated before 5.5 s, in one call of up to 100.
+    assert_eq!(store.prune(at(5500), u64::MAX, 100).expect("pruned"), 5);
+    // Count: keep the newest 2 finished, at most 2 per call.
+    assert_eq!(store.prune(at(0), 2, 2).expect("pruned"), 2);
+    assert_eq!(store.prune(at(0), 2, 100).expect("pruned"), 1);
+    assert_eq!(store.prune(at(0), 2, 100).expect("pruned"), 0);
+    store.commit_log().sync().await.expect("durable");
+
+    let left: Vec<String> = store
+        .list_tasks(&TaskQuery {
+            limit: 100,
+            ascending: true,
+            ..TaskQuery::default()
+        })
+        .expect("listing")
+        .0
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(left, ["old08", "old09", "old10", "old11", "old12"]);
+    for gone in ["old00", "old04", "old07"] {
+        assert!(store.get_task(gone).expect("read").is_none());
+        assert!(store.events(Some(gone), 0, 10).expect("events").is_empty());
+        assert!(store.logs(gone, 0, 10).expect("logs").is_empty());
+    }
+    assert_eq!(store.events(Some("old12"), 0, 10).expect("events").len(), 3);
+    let finished: u64 = store
+        .status_counts()
+        .expect("counts")
+        .values()
+        .flat_map(|c| c.iter())
+        .filter(|(s, _)| s.is_terminal())
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(finished, 2);
+    let cells: u64 = store
+        .stat_cells(None)
+        .expect("cells")
+        .iter()
+        .map(|c| c.counts.by_status.iter().sum::<u64>())
+        .sum();
+    assert_eq!(cells, 5, "stats count the tasks that are left");
 }
 
 async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {

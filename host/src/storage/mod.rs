@@ -142,6 +142,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a terminal task, its logs and records (its events stay in the event log).
     fn delete_task(&self, id: &str) -> Result<bool, StorageError>;
 
+    /// Retention: removes up to `limit` finished tasks, oldest last update first, that were
+    /// last updated before `before` or lie beyond the newest `keep` finished ones, with their
+    /// events, logs and records. Tasks that are not terminal are never touched. Returns how
+    /// many went.
+    fn prune(&self, before: DateTime<Utc>, keep: u64, limit: usize) -> Result<u64, StorageError>;
+
     fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError>;
 
     /// The page of tasks the query asks for, and how many match in all.

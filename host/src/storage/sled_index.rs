@@ -19,14 +19,15 @@
 //! are read and the remaining filters applied: the cost follows the smallest filter's size,
 //! not the store's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use sled::{IVec, Tree};
+use sled::{Batch, IVec, Tree};
 
+use super::cells;
 use super::cells::CellKey;
-use super::sled_store::{backend, key, prefix, read_u64};
+use super::sled_store::{backend, decode, key, prefix, read_u64};
 use super::{SortField, StorageError, TaskQuery};
-use crate::model::Task;
+use crate::model::{Task, TaskStatus};
 
 /// Sort fields that have their own index (on the `all` and `status` dimensions).
 const SORTED_DIMS: [&[u8]; 2] = [b"all", b"status"];
@@ -124,6 +125,33 @@ pub(super) fn counter_keys(task: &Task) -> BTreeSet<Vec<u8>> {
     dims(task).iter().map(counter_key).collect()
 }
 
+/// Tasks in `status` now.
+pub(super) fn status_count(tree: &Tree, status: TaskStatus) -> Result<u64, StorageError> {
+    let dim = Dim {
+        name: b"status",
+        value: status.as_str().as_bytes().to_vec(),
+    };
+    Ok(read_u64(tree.get(counter_key(&dim)).map_err(backend)?))
+}
+
+/// (last update in ms, id) of the tasks in `status`, oldest update first.
+pub(super) fn by_update(
+    tree: &Tree,
+    status: TaskStatus,
+) -> impl Iterator<Item = Result<(u64, String), StorageError>> {
+    let scan = prefix(&[b"I", b"updated", b"status", status.as_str().as_bytes()]);
+    let skip = scan.len() + 8 + 1 + 9;
+    let at = scan.len();
+    tree.scan_prefix(scan).keys().map(move |k| {
+        let k = k.map_err(backend)?;
+        let updated = k
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok((updated, id_after(&k, skip)?))
+    })
+}
+
 /// The counter prefix under which `ps` counts (plugin, status) pairs.
 pub(super) fn plugin_status_counters() -> Vec<u8> {
     prefix(&[b"n", b"ps"])
@@ -168,6 +196,53 @@ pub(super) fn cells_prefix(owner: Option<&str>) -> Vec<u8> {
         Some(owner) => prefix(&[b"s", owner.as_bytes()]),
         None => prefix(&[b"s"]),
     }
+}
+
+/// Layout version of the derived keys (indexes, counters, cells).
+const SCHEMA_VERSION: [u8; 1] = [2];
+
+/// Rebuilds every index and counter from the tasks when the stored layout is older than
+/// this build's (a store written before the counters existed).
+pub(super) fn rebuild_if_older(main: &Tree) -> Result<(), StorageError> {
+    let version = key(&[b"m", b"schema"]);
+    if main.get(&version).map_err(backend)?.as_deref() == Some(&SCHEMA_VERSION[..]) {
+        return Ok(());
+    }
+    for derived in DERIVED_PREFIXES {
+        let mut batch = Batch::default();
+        for k in main.scan_prefix(derived).keys() {
+            batch.remove(k.map_err(backend)?);
+        }
+        main.apply_batch(batch).map_err(backend)?;
+    }
+    let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    let mut cell_counts: BTreeMap<Vec<u8>, cells::CellCounts> = BTreeMap::new();
+    let mut batch = Batch::default();
+    for value in main.scan_prefix(prefix(&[b"t"])).values() {
+        let task: Task = decode(&value.map_err(backend)?)?;
+        for (cell, delta) in cells::changes(None, Some(&task)) {
+            cell_counts
+                .entry(cell_key(&cell))
+                .or_default()
+                .apply(&delta);
+        }
+        for index in index_keys(&task) {
+            batch.insert(index, &[][..]);
+        }
+        for counter in counter_keys(&task) {
+            *counts.entry(counter).or_default() += 1;
+        }
+    }
+    for (counter, n) in counts {
+        batch.insert(counter, &n.to_be_bytes()[..]);
+    }
+    for (cell, counts) in cell_counts {
+        batch.insert(cell, counts.encode());
+    }
+    batch.insert(version, &SCHEMA_VERSION[..]);
+    main.apply_batch(batch).map_err(backend)?;
+    main.flush().map_err(backend)?;
+    Ok(())
 }
 
 /// How a listing reads the store.

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sled::{Batch, IVec, Tree};
 
 use super::cells::{self, Cell};
@@ -37,8 +37,14 @@ use crate::model::{
     ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
 };
 
-/// Layout version of the derived keys (indexes and counters).
-const SCHEMA_VERSION: [u8; 1] = [2];
+/// What removing a task takes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// Clearing a queue: the events stay in the event log.
+    KeepEvents,
+    /// Retention: only a finished task, and its events go too.
+    FinishedWithEvents,
+}
 
 pub struct SledStorage {
     main: Tree,
@@ -80,7 +86,7 @@ fn event_key(seq: u64) -> Vec<u8> {
     key(&[b"e", &seq.to_be_bytes()])
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| backend(format!("corrupt entry: {e}")))
 }
 
@@ -104,7 +110,7 @@ impl SledStorage {
             .open()
             .map_err(backend)?;
         let main = db.open_tree("main").map_err(backend)?;
-        Self::migrate(&main)?;
+        sled_index::rebuild_if_older(&main)?;
         let last_seq = main
             .scan_prefix(prefix(&[b"e"]))
             .keys()
@@ -199,6 +205,43 @@ impl SledStorage {
         Ok(())
     }
 
+    /// Removes a task with its indexes, counts, logs and records; see [`Removal`].
+    fn remove_task(&self, id: &str, removal: Removal) -> Result<bool, StorageError> {
+        let _state = self.lock();
+        let Some(task) = self.load_task(id)? else {
+            return Ok(false);
+        };
+        if removal == Removal::FinishedWithEvents && !task.status.is_terminal() {
+            return Ok(false);
+        }
+        let mut batch = Batch::default();
+        batch.remove(task_key(id));
+        for index in sled_index::index_keys(&task) {
+            batch.remove(index);
+        }
+        self.bump_counts(&mut batch, &sled_index::counter_keys(&task), false)?;
+        self.bump_cells(&mut batch, cells::changes(Some(&task), None))?;
+        if removal == Removal::FinishedWithEvents {
+            for k in self.main.scan_prefix(prefix(&[b"E", id.as_bytes()])).keys() {
+                let k = k.map_err(backend)?;
+                if let Some(seq) = k.get(k.len().saturating_sub(8)..) {
+                    batch.remove(key(&[b"e", seq]));
+                }
+                batch.remove(k);
+            }
+        }
+        for prefix_parts in [
+            &[&b"l"[..], id.as_bytes()][..],
+            &[&b"r"[..], id.as_bytes()][..],
+        ] {
+            for k in self.main.scan_prefix(prefix(prefix_parts)).keys() {
+                batch.remove(k.map_err(backend)?);
+            }
+        }
+        self.written(self.main.apply_batch(batch))?;
+        Ok(true)
+    }
+
     /// Applies the statistics-cell changes of one task write within `batch`.
     fn bump_cells(
         &self,
@@ -222,50 +265,6 @@ impl SledStorage {
         for (k, counts) in touched {
             batch.insert(k, counts.encode());
         }
-        Ok(())
-    }
-
-    /// Rebuilds every index and counter from the tasks when the stored layout is older than
-    /// this build's (a store written before the counters existed).
-    fn migrate(main: &Tree) -> Result<(), StorageError> {
-        let version = key(&[b"m", b"schema"]);
-        if main.get(&version).map_err(backend)?.as_deref() == Some(&SCHEMA_VERSION[..]) {
-            return Ok(());
-        }
-        for derived in sled_index::DERIVED_PREFIXES {
-            let mut batch = Batch::default();
-            for k in main.scan_prefix(derived).keys() {
-                batch.remove(k.map_err(backend)?);
-            }
-            main.apply_batch(batch).map_err(backend)?;
-        }
-        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        let mut cell_counts: BTreeMap<Vec<u8>, cells::CellCounts> = BTreeMap::new();
-        let mut batch = Batch::default();
-        for value in main.scan_prefix(prefix(&[b"t"])).values() {
-            let task: Task = decode(&value.map_err(backend)?)?;
-            for (cell, delta) in cells::changes(None, Some(&task)) {
-                cell_counts
-                    .entry(sled_index::cell_key(&cell))
-                    .or_default()
-                    .apply(&delta);
-            }
-            for index in sled_index::index_keys(&task) {
-                batch.insert(index, &[][..]);
-            }
-            for counter in sled_index::counter_keys(&task) {
-                *counts.entry(counter).or_default() += 1;
-            }
-        }
-        for (counter, n) in counts {
-            batch.insert(counter, &n.to_be_bytes()[..]);
-        }
-        for (cell, counts) in cell_counts {
-            batch.insert(cell, counts.encode());
-        }
-        batch.insert(version, &SCHEMA_VERSION[..]);
-        main.apply_batch(batch).map_err(backend)?;
-        main.flush().map_err(backend)?;
         Ok(())
     }
 
@@ -376,31 +375,39 @@ impl Storage for SledStorage {
     }
 
     fn delete_task(&self, id: &str) -> Result<bool, StorageError> {
-        let _state = self.lock();
-        let Some(task) = self.load_task(id)? else {
-            return Ok(false);
-        };
-        let mut batch = Batch::default();
-        batch.remove(task_key(id));
-        for index in sled_index::index_keys(&task) {
-            batch.remove(index);
-        }
-        self.bump_counts(&mut batch, &sled_index::counter_keys(&task), false)?;
-        self.bump_cells(&mut batch, cells::changes(Some(&task), None))?;
-        for prefix_parts in [
-            &[&b"l"[..], id.as_bytes()][..],
-            &[&b"r"[..], id.as_bytes()][..],
-        ] {
-            for k in self.main.scan_prefix(prefix(prefix_parts)).keys() {
-                batch.remove(k.map_err(backend)?);
-            }
-        }
-        self.written(self.main.apply_batch(batch))?;
-        Ok(true)
+        self.remove_task(id, Removal::KeepEvents)
     }
 
     fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
         self.load_task(id)
+    }
+
+    fn prune(&self, before: DateTime<Utc>, keep: u64, limit: usize) -> Result<u64, StorageError> {
+        let cutoff = before.timestamp_millis().max(0) as u64;
+        let mut finished = 0;
+        let mut oldest = Vec::new();
+        for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            finished += sled_index::status_count(&self.main, status)?;
+            oldest.push(
+                sled_index::by_update(&self.main, status)
+                    .take(limit)
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        // Merge the three oldest-first lists, globally oldest first.
+        let mut candidates: Vec<(u64, String)> = oldest.into_iter().flatten().collect();
+        candidates.sort();
+        let mut pruned = 0;
+        for (updated, id) in candidates.into_iter().take(limit) {
+            if updated >= cutoff && finished <= keep {
+                break;
+            }
+            if self.remove_task(&id, Removal::FinishedWithEvents)? {
+                pruned += 1;
+                finished = finished.saturating_sub(1);
+            }
+        }
+        Ok(pruned)
     }
 
     fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError> {
@@ -706,71 +713,5 @@ impl Drop for SledStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::storage::conformance::{self, Backend};
-
-    struct Sled {
-        dir: tempfile::TempDir,
-    }
-
-    impl Backend for Sled {
-        fn open(&mut self) -> Arc<dyn Storage> {
-            Arc::new(SledStorage::open(self.dir.path()).expect("sled opens"))
-        }
-
-        fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage> {
-            drop(store);
-            self.open()
-        }
-    }
-
-    fn sled() -> Sled {
-        Sled {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    #[tokio::test]
-    async fn sled_passes_the_storage_conformance_suite() {
-        conformance::run_all(sled).await;
-    }
-
-    #[tokio::test]
-    async fn a_store_of_an_older_layout_gets_its_indexes_and_counters_rebuilt_at_open() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SledStorage::open(dir.path()).expect("opens");
-        for n in 0..5 {
-            let mut task = conformance::task(&format!("m{n}"), "p", "alice", TaskStatus::Queued, n);
-            task.labels.insert("project".into(), "x".into());
-            store.create_task(&task, &[]).expect("created");
-        }
-        let query = TaskQuery {
-            labels: vec![("project".into(), "x".into())],
-            limit: 10,
-            ..TaskQuery::default()
-        };
-        let before = store.list_tasks(&query).expect("listing");
-        let counts = store.status_counts().expect("counts");
-        // What a store written before the counters looked like: no derived keys, no version.
-        for derived in sled_index::DERIVED_PREFIXES
-            .iter()
-            .chain([&b"m\0"[..]].iter())
-        {
-            for k in store.main.scan_prefix(derived).keys() {
-                store.main.remove(k.expect("key")).expect("removed");
-            }
-        }
-        store.commit_log().committed(Vec::new());
-        store.commit_log().sync().await.expect("durable");
-        assert_eq!(store.list_tasks(&query).expect("listing").1, 0);
-        drop(store);
-
-        let store = SledStorage::open(dir.path()).expect("reopens");
-        assert_eq!(store.list_tasks(&query).expect("listing"), before);
-        assert_eq!(store.status_counts().expect("counts"), counts);
-        assert_eq!(before.1, 5);
-    }
-}
+#[path = "sled_store_tests.rs"]
+mod tests;
