@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p taskhost --bench http_throughput` prints tasks/s (first create to last
 //! completion), the HTTP create latency p50/p99 as clients saw it, and the create→completed
-//! latency p50/p99 from the tasks' own timestamps. `HTTP_BENCH_TASKS` (default 20000) and
+//! latency p50/p99 from the tasks' own timestamps; then, one task at a time, POST → the task's
+//! `completed` event over the WebSocket, p50/p99. `HTTP_BENCH_TASKS` (default 20000) and
 //! `HTTP_BENCH_CLIENTS` (default 64) change the load.
 
 mod support;
@@ -121,5 +122,66 @@ fn main() {
             rss_idle,
             host.rss_mb(),
         );
+        one_at_a_time(&host, &client, if full { 500 } else { 20 }).await;
     });
+}
+
+/// One task at a time: POST, then the `completed` event of that task over the WebSocket, as a
+/// client waiting for its result sees it.
+async fn one_at_a_time(host: &ServerProcess, client: &reqwest::Client, rounds: usize) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = format!(
+        "{}/api/v1/ws?token={}",
+        host.base.replacen("http", "ws", 1),
+        host.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("WebSocket");
+    ws.send(Message::text(
+        json!({"type": "subscribe", "topics": ["plugin:testkit"]}).to_string(),
+    ))
+    .await
+    .expect("subscribe");
+    let (server_cpu, client_cpu, started) =
+        (host.cpu_seconds(), cpu_seconds("self"), Instant::now());
+    let mut ms = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let sent = Instant::now();
+        let task: Value = client
+            .post(format!("{}/api/v1/tasks", host.base))
+            .json(&json!({"plugin": "testkit", "type": "echo", "input": {"hello": "world"}}))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        let id = task["id"].as_str().expect("id").to_owned();
+        loop {
+            let frame = ws.next().await.expect("stream open").expect("frame");
+            let Ok(text) = frame.into_text() else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(&text).unwrap_or_default();
+            if event["task_id"] == id.as_str() && event["type"] == "completed" {
+                break;
+            }
+        }
+        ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "one at a time ({rounds} tasks): POST → completed event p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99)
+    );
+    print_cpu_split(
+        "one at a time",
+        started.elapsed().as_secs_f64(),
+        cpu_seconds("self") - client_cpu,
+        host.cpu_seconds() - server_cpu,
+    );
 }

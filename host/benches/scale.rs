@@ -131,7 +131,12 @@ fn main() {
         );
         filled = size;
         data = rt.block_on(async {
-            let host = ServerProcess::start_in(data, "").await;
+            // The filled tasks are weeks old: retention would prune them under the measurement.
+            let host = ServerProcess::start_in(
+                data,
+                "[retention]\nmax_age_s = 0\nmax_finished_tasks = 0\n",
+            )
+            .await;
             let client = host.client(4);
             let (server_cpu, client_cpu, wall) =
                 (host.cpu_seconds(), cpu_seconds("self"), Instant::now());

@@ -66,7 +66,10 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         source,
     })?;
     config.runtime.protected_dirs = vec![config.data_dir.clone()];
-    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.database_dir())?);
+    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open_with(
+        &config.database_dir(),
+        &config.storage,
+    )?);
     if config.runtime.cache_dir.is_none() {
         config.runtime.cache_dir = Some(config.compile_cache_dir());
     }

@@ -15,6 +15,9 @@
 //! cancel_grace_s = 5
 //! shutdown_grace_s = 10
 //!
+//! [storage]
+//! cache_mb = 64                      # page cache of the embedded store
+//!
 //! [retention]                        # see RetentionConfig: finished tasks are pruned
 //! max_age_s = 604800                 # … a week after their last update (0: never)
 //! max_finished_tasks = 1000000       # … beyond the newest million (0: no cap)
@@ -69,6 +72,7 @@ use crate::auth::AuthConfig;
 use crate::engine::{EngineConfig, RetentionConfig};
 use crate::runners::RunnerConfig;
 use crate::runtime::{Grants, RuntimeConfig};
+use crate::storage::StorageConfig;
 use crate::streams::StreamConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +89,7 @@ pub struct Config {
     /// Largest plugin upload.
     pub max_plugin_bytes: usize,
     pub engine: EngineConfig,
+    pub storage: StorageConfig,
     pub retention: RetentionConfig,
     pub runtime: RuntimeConfig,
     pub auth: AuthConfig,
@@ -107,6 +112,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             max_plugin_bytes: 64 << 20,
             engine: EngineConfig::default(),
+            storage: StorageConfig::default(),
             retention: RetentionConfig::default(),
             runtime: RuntimeConfig::default(),
             auth: AuthConfig::default(),

@@ -50,6 +50,21 @@ pub enum StorageError {
     Backend(String),
 }
 
+/// Storage settings (`[storage]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Memory the embedded store may use to cache its pages, in MiB. The indexes keep lists
+    /// and stats fast without a large cache; more helps reads of old tasks.
+    pub cache_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { cache_mb: 64 }
+    }
+}
+
 /// How to order a task listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SortField {

@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use sled::{Batch, IVec, Tree};
 
 use super::cells::{self, Cell};
-use super::{CommitLog, StatusCounts, Storage, StorageError, TaskQuery, sled_index};
+use super::{CommitLog, StatusCounts, Storage, StorageConfig, StorageError, TaskQuery, sled_index};
 use crate::model::{
     ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
 };
@@ -102,9 +102,15 @@ pub(super) fn read_u64(bytes: Option<IVec>) -> u64 {
 }
 
 impl SledStorage {
+    /// Opens the store at `path` with the default settings.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        Self::open_with(path, &StorageConfig::default())
+    }
+
+    pub fn open_with(path: &Path, config: &StorageConfig) -> Result<Self, StorageError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(config.cache_mb.saturating_mul(1 << 20))
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
