@@ -178,8 +178,8 @@ fn main() {
             println!(
                 "  server RSS {:.0} MB; on disk {:.1} MB ({:.0} bytes per task)",
                 host.rss_mb(),
-                disk_bytes(host.data.path()) as f64 / 1e6,
-                disk_bytes(host.data.path()) as f64 / size as f64,
+                disk_bytes(host.data_dir()) as f64 / 1e6,
+                disk_bytes(host.data_dir()) as f64 / size as f64,
             );
             host.stop()
         });

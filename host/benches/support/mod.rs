@@ -185,7 +185,8 @@ pub struct ServerProcess {
     pub token: String,
     pub pid: String,
     child: std::process::Child,
-    pub data: tempfile::TempDir,
+    /// `None` only once [`stop`](Self::stop) has handed it back.
+    data: Option<tempfile::TempDir>,
 }
 
 impl ServerProcess {
@@ -240,13 +241,20 @@ impl ServerProcess {
             token,
             pid,
             child,
-            data,
+            data: Some(data),
         }
     }
 
     /// A client that sends the admin's token on every request.
     pub fn client(&self, idle_connections: usize) -> reqwest::Client {
         bearer_client(&self.token, idle_connections)
+    }
+
+    /// The directory holding the server's config and data.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data
+            .as_ref()
+            .map_or(std::path::Path::new("."), |d| d.path())
     }
 
     pub fn cpu_seconds(&self) -> f64 {
@@ -265,8 +273,7 @@ impl ServerProcess {
             .args(["-TERM", &self.pid])
             .status();
         let _ = self.child.wait();
-        let placeholder = tempfile::tempdir().expect("temp dir");
-        std::mem::replace(&mut self.data, placeholder)
+        self.data.take().expect("the data directory, until stop")
     }
 }
 

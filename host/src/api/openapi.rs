@@ -492,15 +492,20 @@ struct ApiDoc;
 
 /// Schemas for answers the handlers still build as free JSON: described as what they are, an
 /// object (or the binary and text bodies the plugin and metrics routes carry).
-const FREE_FORM: &[&str] = &[
-    "ApiKey",
-    "User",
-    "Plugin",
-    "PluginList",
-    "Object",
-    "Token",
-    "TaskProgressView",
-    "StreamFrame",
+const FREE_FORM: &[(&str, Option<&str>)] = &[
+    ("ApiKey", None),
+    ("User", None),
+    ("Plugin", None),
+    ("PluginList", None),
+    ("Object", None),
+    ("Token", None),
+    ("TaskProgressView", None),
+    (
+        "StreamFrame",
+        Some(
+            "Server frames: connected, task events (seq, task_id, type, data, timestamp), system, subscribed, unsubscribed, pong, error. Client frames: subscribe {topics, after_seq?}, unsubscribe {topics}, ping.",
+        ),
+    ),
 ];
 
 struct Operations;
@@ -516,18 +521,14 @@ impl Modify for Operations {
             "apiKey",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
-        for name in FREE_FORM {
-            let object = ObjectBuilder::new().schema_type(Type::Object);
-            let object = if *name == "StreamFrame" {
-                object.description(Some(
-                    "Server frames: connected, task events (seq, task_id, type, data, timestamp), system, subscribed, unsubscribed, pong, error. Client frames: subscribe {topics, after_seq?}, unsubscribe {topics}, ping.",
-                ))
-            } else {
-                object
-            };
+        for (name, description) in FREE_FORM {
+            let object = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(*description)
+                .build();
             components
                 .schemas
-                .insert((*name).to_owned(), Schema::Object(object.build()).into());
+                .insert((*name).to_owned(), Schema::Object(object).into());
         }
         components.schemas.insert(
             "Component".to_owned(),
