@@ -68,8 +68,30 @@ impl ServeArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    // `RUST_BACKTRACE=1`, often set for panics, also makes every library error capture a
+    // backtrace, and wasmtime builds one such error as each task's store is dropped: a stack
+    // walk per task. Panics keep their backtraces; `RUST_LIB_BACKTRACE=1` brings the rest back.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("taskhost: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
@@ -104,6 +126,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before announcing the address: a SIGTERM from then on is a graceful stop.
+    let stop_signal = taskhost::app::shutdown_signal();
     match listener.local_addr() {
         Ok(address) => info!("listening on http://{address}"),
         Err(e) => {
@@ -111,11 +135,25 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    taskhost::app::run(state, listener, async {
-        taskhost::app::shutdown_signal().await;
+    let mut store_failures = state.engine.store_failures();
+    let serving = taskhost::app::run(state, listener, async {
+        stop_signal.await;
         info!("shutting down");
-    })
-    .await;
+    });
+    tokio::select! {
+        () = serving => {}
+        failed = store_failures.wait_for(Option::is_some) => {
+            // Nothing can be recorded any more, a graceful stop included: stop at once, as a
+            // crash would, so that a restart recovers from what is durable.
+            let reason = failed.ok().and_then(|f| f.clone()).unwrap_or_default();
+            error!(%reason, "the store refuses writes; stopping (exit code {STORE_FAILED})");
+            std::process::exit(STORE_FAILED.into());
+        }
+    }
     info!("stopped");
     ExitCode::SUCCESS
 }
+
+/// Exit code when the store refuses writes (EX_TEMPFAIL): restart once the cause (a full
+/// disk) is fixed.
+const STORE_FAILED: u8 = 75;

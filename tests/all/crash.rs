@@ -11,7 +11,7 @@ use crate::harness::HostProcess;
 
 const TASKS: usize = 1000;
 
-async fn queue_totals(api: &crate::harness::Api<'_>) -> (u64, u64) {
+pub(crate) async fn queue_totals(api: &crate::harness::Api<'_>) -> (u64, u64) {
     let (_, queues) = api.get("/api/v1/queues").await;
     let testkit = queues["data"]
         .as_array()

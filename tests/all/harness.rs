@@ -406,6 +406,17 @@ impl HostProcess {
     /// Starts the binary on `data_dir` with the test admin password and rate limits out of
     /// the way, and waits for its `listening on` line.
     pub fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_limited(data_dir, None)
+    }
+
+    /// [`spawn`](Self::spawn) with no file of the host's allowed past `max_file_bytes`
+    /// (`RLIMIT_FSIZE`): a write beyond it fails as on a full disk, without root or a
+    /// filesystem of its own.
+    pub fn spawn_with_file_limit(data_dir: &Path, max_file_bytes: u64) -> Self {
+        Self::spawn_limited(data_dir, Some(max_file_bytes))
+    }
+
+    fn spawn_limited(data_dir: &Path, max_file_bytes: Option<u64>) -> Self {
         let config_file = data_dir.join("test-config.toml");
         std::fs::write(
             &config_file,
@@ -422,6 +433,25 @@ impl HostProcess {
             .env("TASKHOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(limit) = max_file_bytes {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls are made.
+            unsafe {
+                command.pre_exec(move || {
+                    // A write past the limit then fails with EFBIG instead of killing the
+                    // process with SIGXFSZ.
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().expect("taskhost starts");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -472,6 +502,18 @@ impl HostProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("the host did not exit within 30 s of SIGTERM");
+    }
+
+    /// Waits (up to `limit`) for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the host did not exit within {limit:?}");
     }
 
     /// SIGKILL: no chance to flush or clean up.

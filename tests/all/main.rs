@@ -16,5 +16,6 @@ mod retention;
 mod runner_binary;
 mod runners;
 mod runtime;
+mod store_failure;
 mod streams;
 mod tenancy;

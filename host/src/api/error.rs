@@ -84,6 +84,23 @@ impl ApiError {
         )
     }
 
+    /// A failed store: 503 with its cause logged, or 500 when it is not the store's state.
+    pub fn storage(error: crate::storage::StorageError) -> Self {
+        match error {
+            crate::storage::StorageError::Unavailable(cause) => {
+                error!(request_id = %request::id(), error = %cause, "the store refused a write");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the store cannot take writes now; whether this request took effect is \
+                     unknown, so check before repeating it",
+                )
+                .retry_after(5)
+            }
+            other => Self::internal(other),
+        }
+    }
+
     pub fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
@@ -145,7 +162,7 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Registry(e) => e.into(),
             EngineError::Runner(e) => e.into(),
-            EngineError::Storage(e) => ApiError::internal(e),
+            EngineError::Storage(e) => ApiError::storage(e),
         }
     }
 }
@@ -181,7 +198,7 @@ impl From<AuthError> for ApiError {
                 "NOT_FOUND",
                 format!("user {name} not found"),
             ),
-            AuthError::Storage(e) => ApiError::internal(e),
+            AuthError::Storage(e) => ApiError::storage(e),
             AuthError::Setup(e) => ApiError::internal(e),
         }
     }
@@ -348,5 +365,20 @@ mod tests {
         )));
         assert_eq!((api.status.as_u16(), api.code), (500, "INTERNAL_ERROR"));
         assert!(!api.message.contains("/var/lib"));
+    }
+
+    #[test]
+    fn a_store_refusing_writes_is_a_503_to_retry_later_without_its_cause() {
+        let api = ApiError::from(EngineError::Storage(
+            crate::storage::StorageError::Unavailable(
+                "/var/lib/taskhost/db: No space left on device".into(),
+            ),
+        ));
+        assert_eq!(
+            (api.status.as_u16(), api.code),
+            (503, "SERVICE_UNAVAILABLE")
+        );
+        assert_eq!(api.retry_after, Some(5));
+        assert!(!api.message.contains("/var/lib") && !api.message.contains("space"));
     }
 }

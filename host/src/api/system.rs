@@ -35,7 +35,14 @@ pub fn root_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_state.clone())
         .map(|s: AppState| {
-            if s.ready.load(Ordering::Acquire) {
+            if s.engine.store_failure().is_some() {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the store refuses writes; see the host's log",
+                )
+                .into_response()
+            } else if s.ready.load(Ordering::Acquire) {
                 json_reply(StatusCode::OK, &json!({"status": "ready"}))
             } else {
                 ApiError::new(
@@ -166,8 +173,13 @@ fn detailed_health(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw, &["details"], false)?;
     let ready = state.ready.load(Ordering::Acquire);
+    let writable = state.engine.store_failure().is_none();
     let mut body = json!({
-        "status": if ready { "ok" } else { "starting" },
+        "status": match (ready, writable) {
+            (_, false) => "failing",
+            (true, true) => "ok",
+            (false, true) => "starting",
+        },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.engine.uptime().as_secs(),
     });
@@ -176,7 +188,12 @@ fn detailed_health(
         let storage_ok = state.engine.storage().get_task("health-probe").is_ok();
         let storage_latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let runtime = state.engine.registry().runtime();
-        body["storage"] = json!({"status": if storage_ok { "ok" } else { "failing" }, "latency_ms": storage_latency_ms, "last_seq": state.engine.storage().last_seq()});
+        body["storage"] = json!({
+            "status": if storage_ok && writable { "ok" } else { "failing" },
+            "writable": writable,
+            "latency_ms": storage_latency_ms,
+            "last_seq": state.engine.storage().last_seq(),
+        });
         body["plugin_runtime"] = json!({
             "loaded_plugins": state.engine.registry().list().len(),
             "pooling_allocator": runtime.is_pooling(),

@@ -164,8 +164,9 @@ async fn main() -> ExitCode {
         }
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop_signal = taskhost::app::shutdown_signal();
     tokio::spawn(async move {
-        taskhost::app::shutdown_signal().await;
+        stop_signal.await;
         info!("stopping: no new jobs; running ones get the drain timeout");
         stop.send_replace(true);
     });

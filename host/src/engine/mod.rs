@@ -229,6 +229,18 @@ impl Engine {
         &self.inner.registry
     }
 
+    /// Why the store refuses writes for good, once it does (see [`store_failures`](Self::store_failures)).
+    pub fn store_failure(&self) -> Option<String> {
+        self.inner.storage.commit_log().failure().borrow().clone()
+    }
+
+    /// Becomes `Some(reason)` when the store refuses writes for good: nothing the host does
+    /// from then on can be recorded, so the binary stops and a restart recovers from what is
+    /// durable (runs interrupted go back to the queue).
+    pub fn store_failures(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.storage.commit_log().failure()
+    }
+
     pub fn uptime(&self) -> Duration {
         self.inner.started_at.elapsed()
     }
@@ -400,10 +412,13 @@ impl Engine {
                 }
                 other => other.into(),
             })?;
-        self.inner.durability.sync().await?;
+        // The store holds the task even when it cannot confirm it is durable (it may become
+        // so on a later flush), so it is scheduled either way rather than left unseen.
+        let synced = self.inner.durability.sync().await;
         if let Some(updated) = self.inner.schedule(&task)? {
             task = updated;
         }
+        synced?;
         Ok(task)
     }
 

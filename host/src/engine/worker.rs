@@ -19,6 +19,9 @@ use crate::runtime::{Directive, Invocation, RunOutcome, TaskControl, TaskFailure
 
 /// Longest the dispatcher sleeps without a wake-up (a safety net, not the mechanism).
 const IDLE_TICK: Duration = Duration::from_millis(500);
+/// First and longest pause before writing again what the store refused.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Inner {
     /// Brings storage and the scheduler in line after a start: runs a crash interrupted go
@@ -77,8 +80,12 @@ impl Inner {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            self.promote_due();
-            self.start_ready();
+            // A store that refuses writes for good cannot record a start: nothing is taken
+            // off the queue until a restart.
+            if self.storage.commit_log().check_writable().is_ok() {
+                self.promote_due();
+                self.start_ready();
+            }
             let wait =
                 lock(&self.sched)
                     .next_due_ms()
@@ -171,12 +178,15 @@ impl Inner {
         });
         let task = match started {
             Ok((task, _)) => task,
-            Err(e) => {
-                // Cancelled or paused between being picked and starting: nothing to run.
-                if !matches!(e, EngineError::Conflict(_) | EngineError::TaskNotFound(_)) {
-                    error!(task = %id, error = %e, "could not start task");
-                }
+            // Cancelled or paused between being picked and starting: nothing to run.
+            Err(EngineError::Conflict(_) | EngineError::TaskNotFound(_)) => {
                 self.release(&id, &plugin_name);
+                return;
+            }
+            Err(e) => {
+                error!(task = %id, error = %e, "could not start task; it stays queued");
+                self.release(&id, &plugin_name);
+                self.requeue_after_store_failure(id);
                 return;
             }
         };
@@ -238,6 +248,29 @@ impl Inner {
         self.finish(&task, outcome, directive, &secrets).await;
     }
 
+    /// A task whose start the store refused is still queued there: it goes back to the
+    /// scheduler once the store reads again, so it is not dropped from the queue.
+    fn requeue_after_store_failure(self: &Arc<Self>, id: String) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let mut delay = STORE_RETRY_FIRST;
+            while !inner.stopping.load(Ordering::Acquire) {
+                tokio::time::sleep(delay).await;
+                match inner.storage.get_task(&id) {
+                    Ok(Some(task)) => {
+                        if let Err(e) = inner.schedule(&task) {
+                            warn!(task = %id, error = %e, "could not queue a task again");
+                        }
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(e) => warn!(task = %id, error = %e, "the store still fails"),
+                }
+                delay = (delay * 2).min(STORE_RETRY_MAX);
+            }
+        });
+    }
+
     /// Backoff before attempt `attempt + 1`: exponential from the base, capped, with jitter
     /// (50-100% of the step) so that retries of a burst do not arrive together.
     fn retry_delay(&self, attempt: u32) -> Duration {
@@ -265,7 +298,51 @@ impl Inner {
             }
         }
         let id = task.id.clone();
-        let result = self.modify(&id, |task| {
+        // A refused write is tried again until it lands, the store fails for good (the host
+        // then stops and recovery puts the run back) or the host stops (the same).
+        let mut delay = STORE_RETRY_FIRST;
+        let result = loop {
+            match self.record_outcome(&id, &outcome, directive) {
+                Err(EngineError::Storage(e))
+                    if !self.stopping.load(Ordering::Acquire)
+                        && self.storage.commit_log().check_writable().is_ok() =>
+                {
+                    error!(task = %id, error = %e, "could not record the end of a run; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(STORE_RETRY_MAX);
+                }
+                other => break other,
+            }
+        };
+        let task = match result {
+            Ok((task, _)) => task,
+            Err(e) => {
+                error!(task = %id, error = %e, "could not record the end of a run");
+                return;
+            }
+        };
+        match task.status {
+            TaskStatus::Scheduled | TaskStatus::Queued
+                if !self.stopping.load(Ordering::Acquire) =>
+            {
+                if let Err(e) = self.schedule(&task) {
+                    warn!(task = %id, error = %e, "could not reschedule task");
+                }
+            }
+            status if status.is_terminal() => self.on_terminal(&task),
+            _ => {}
+        }
+        self.wake.notify_one();
+    }
+
+    /// Writes how a run ended: completed, retried, failed, cancelled, or back in the queue.
+    fn record_outcome(
+        self: &Arc<Self>,
+        id: &str,
+        outcome: &RunOutcome,
+        directive: Directive,
+    ) -> Result<(Task, Vec<crate::model::Event>), EngineError> {
+        self.modify(id, |task| {
             let now = Utc::now();
             match &outcome {
                 RunOutcome::Completed(value) => {
@@ -326,26 +403,7 @@ impl Inner {
                     )])
                 }
             }
-        });
-        let task = match result {
-            Ok((task, _)) => task,
-            Err(e) => {
-                error!(task = %id, error = %e, "could not record the end of a run");
-                return;
-            }
-        };
-        match task.status {
-            TaskStatus::Scheduled | TaskStatus::Queued
-                if !self.stopping.load(Ordering::Acquire) =>
-            {
-                if let Err(e) = self.schedule(&task) {
-                    warn!(task = %id, error = %e, "could not reschedule task");
-                }
-            }
-            status if status.is_terminal() => self.on_terminal(&task),
-            _ => {}
-        }
-        self.wake.notify_one();
+        })
     }
 
     pub(super) async fn shutdown(self: &Arc<Self>) {

@@ -170,6 +170,12 @@ impl Drop for RuntimeInner {
     }
 }
 
+/// Bytes of each linear memory and table reset in place on reuse (see [`engine_config`]);
+/// bounded so that warm slots add little resident memory.
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 256 << 10;
+const TABLE_KEEP_RESIDENT: usize = 16 << 10;
+const DECOMMIT_BATCH: usize = 16;
+
 fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
@@ -186,7 +192,13 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .max_memory_size(usize::try_from(config.max_memory_mb << 20).unwrap_or(usize::MAX))
             .max_memories_per_component(4)
             .max_tables_per_component(16)
-            .max_core_instances_per_component(16);
+            .max_core_instances_per_component(16)
+            // Reset a freed slot's first pages with memset rather than madvise: every madvise
+            // of a slot in use on another core costs a TLB shootdown, once per task.
+            .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
+            // What is still decommitted is, in batches.
+            .decommit_batch_size(DECOMMIT_BATCH);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     wasm

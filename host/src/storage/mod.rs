@@ -48,6 +48,10 @@ pub enum StorageError {
     /// The backend failed; the message is for logs, not for clients.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The store cannot make writes durable (a full disk, an I/O error, a lost connection).
+    /// Whether the write took effect is unknown; reads may still work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Storage settings (`[storage]`).

@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use sled::{Batch, IVec, Tree};
 
 use super::cells::{self, Cell};
+use super::commit::OnFlushFailure;
 use super::{CommitLog, StatusCounts, Storage, StorageConfig, StorageError, TaskQuery, sled_index};
 use crate::model::{
     ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
@@ -59,6 +60,14 @@ struct CommitState {
 
 pub(super) fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
+}
+
+/// A failed sled write: an I/O error (a full disk) means the store takes no more writes.
+fn write_error(e: sled::Error) -> StorageError {
+    match e {
+        sled::Error::Io(io) => StorageError::Unavailable(io.to_string()),
+        other => backend(other),
+    }
 }
 
 pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
@@ -126,12 +135,13 @@ impl SledStorage {
             .and_then(|k| <[u8; 8]>::try_from(&k[2..]).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let log = Arc::new(CommitLog::new(last_seq));
+        // sled keeps its first I/O error and fails every later write with it.
+        let log = Arc::new(CommitLog::new(last_seq, OnFlushFailure::Fatal));
         let flusher = std::thread::Builder::new()
             .name("taskhost-commit".into())
             .spawn({
                 let log = log.clone();
-                move || log.run_flusher(|| db.flush().map(drop).map_err(backend))
+                move || log.run_flusher(|| db.flush().map(drop).map_err(write_error))
             })
             .map_err(backend)?;
         Ok(Self {
@@ -282,7 +292,8 @@ impl SledStorage {
         batch: Batch,
         events: Vec<Event>,
     ) -> Result<Vec<Event>, StorageError> {
-        self.main.apply_batch(batch).map_err(backend)?;
+        self.log.check_writable()?;
+        self.main.apply_batch(batch).map_err(write_error)?;
         if let Some(last) = events.last() {
             state.last_seq = last.seq;
         }
@@ -292,7 +303,8 @@ impl SledStorage {
 
     /// Registers a write that has no events, so that a `sync` after it covers it.
     fn written<T>(&self, result: sled::Result<T>) -> Result<(), StorageError> {
-        result.map_err(backend)?;
+        result.map_err(write_error)?;
+        self.log.check_writable()?;
         self.log.committed(Vec::new());
         Ok(())
     }
