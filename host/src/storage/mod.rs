@@ -17,6 +17,7 @@ pub mod commit;
 #[cfg(test)]
 pub mod conformance;
 mod sled_index;
+mod sled_staging;
 mod sled_store;
 
 use std::collections::{BTreeMap, BTreeSet};

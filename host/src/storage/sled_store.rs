@@ -20,8 +20,10 @@
 //! | `a\0{key id}` | API key JSON |
 //!
 //! Writes take one commit lock: it makes read-check-write of a task atomic and gives `seq` in
-//! order; every write is then registered with the [`CommitLog`], whose flusher thread (sled's
-//! own periodic flusher is off) makes it durable before its events are published.
+//! order. A write is staged ([`super::sled_staging`]) and registered with the [`CommitLog`],
+//! whose flusher thread (sled's own periodic flusher is off) applies everything staged as one
+//! sled batch, makes it durable and only then publishes its events. Point reads see staged
+//! writes; scans apply them first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -29,10 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
-use sled::{Batch, IVec, Tree};
+use sled::{IVec, Tree};
 
 use super::cells::{self, Cell};
 use super::commit::OnFlushFailure;
+use super::sled_staging::{Staging, Writes};
 use super::{CommitLog, StatusCounts, Storage, StorageConfig, StorageError, TaskQuery, sled_index};
 use crate::model::{
     ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
@@ -49,6 +52,8 @@ enum Removal {
 
 pub struct SledStorage {
     main: Tree,
+    /// Writes on their way into `main`; point reads go through it.
+    staging: Arc<Staging>,
     commit: Mutex<CommitState>,
     log: Arc<CommitLog>,
     flusher: Option<JoinHandle<()>>,
@@ -63,7 +68,7 @@ pub(super) fn backend(e: impl std::fmt::Display) -> StorageError {
 }
 
 /// A failed sled write: an I/O error (a full disk) means the store takes no more writes.
-fn write_error(e: sled::Error) -> StorageError {
+pub(super) fn write_error(e: sled::Error) -> StorageError {
     match e {
         sled::Error::Io(io) => StorageError::Unavailable(io.to_string()),
         other => backend(other),
@@ -137,15 +142,22 @@ impl SledStorage {
             .unwrap_or(0);
         // sled keeps its first I/O error and fails every later write with it.
         let log = Arc::new(CommitLog::new(last_seq, OnFlushFailure::Fatal));
+        let staging = Arc::new(Staging::new(main.clone()));
         let flusher = std::thread::Builder::new()
             .name("taskhost-commit".into())
             .spawn({
-                let log = log.clone();
-                move || log.run_flusher(|| db.flush().map(drop).map_err(write_error))
+                let (log, staging) = (log.clone(), staging.clone());
+                move || {
+                    log.run_flusher(|| {
+                        staging.apply()?;
+                        db.flush().map(drop).map_err(write_error)
+                    })
+                }
             })
             .map_err(backend)?;
         Ok(Self {
             main,
+            staging,
             commit: Mutex::new(CommitState { last_seq }),
             log,
             flusher: Some(flusher),
@@ -160,11 +172,7 @@ impl SledStorage {
         &self,
         k: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        self.main
-            .get(k)
-            .map_err(backend)?
-            .map(|bytes| decode(&bytes))
-            .transpose()
+        self.staging.get(k)?.map(|bytes| decode(&bytes)).transpose()
     }
 
     fn load_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
@@ -175,7 +183,7 @@ impl SledStorage {
     /// only taken when [`apply`](Self::apply) succeeds.
     fn stage_events(
         state: &CommitState,
-        batch: &mut Batch,
+        batch: &mut Writes,
         task: &Task,
         events: &[NewEvent],
     ) -> Result<Vec<Event>, StorageError> {
@@ -205,12 +213,12 @@ impl SledStorage {
     /// Adds `delta` to each counter in `keys` within `batch`.
     fn bump_counts<'k>(
         &self,
-        batch: &mut Batch,
+        batch: &mut Writes,
         keys: impl IntoIterator<Item = &'k Vec<u8>>,
         up: bool,
     ) -> Result<(), StorageError> {
         for k in keys {
-            let current = read_u64(self.main.get(k).map_err(backend)?);
+            let current = read_u64(self.staging.get(k)?);
             let next = if up {
                 current + 1
             } else {
@@ -224,13 +232,15 @@ impl SledStorage {
     /// Removes a task with its indexes, counts, logs and records; see [`Removal`].
     fn remove_task(&self, id: &str, removal: Removal) -> Result<bool, StorageError> {
         let _state = self.lock();
+        // Its scans must see every staged write; none can be staged while the lock is held.
+        self.staging.apply()?;
         let Some(task) = self.load_task(id)? else {
             return Ok(false);
         };
         if removal == Removal::FinishedWithEvents && !task.status.is_terminal() {
             return Ok(false);
         }
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         batch.remove(task_key(id));
         for index in sled_index::index_keys(&task) {
             batch.remove(index);
@@ -254,14 +264,15 @@ impl SledStorage {
                 batch.remove(k.map_err(backend)?);
             }
         }
-        self.written(self.main.apply_batch(batch))?;
+        self.log.check_writable()?;
+        self.written(self.main.apply_batch(batch.into_batch()))?;
         Ok(true)
     }
 
     /// Applies the statistics-cell changes of one task write within `batch`.
     fn bump_cells(
         &self,
-        batch: &mut Batch,
+        batch: &mut Writes,
         changes: Vec<(cells::CellKey, cells::CellDelta)>,
     ) -> Result<(), StorageError> {
         let mut touched: BTreeMap<Vec<u8>, cells::CellCounts> = BTreeMap::new();
@@ -270,7 +281,7 @@ impl SledStorage {
             let counts = match touched.entry(k) {
                 std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::btree_map::Entry::Vacant(entry) => {
-                    let stored = self.main.get(entry.key()).map_err(backend)?;
+                    let stored = self.staging.get(entry.key())?;
                     entry.insert(
                         stored.map_or_else(Default::default, |b| cells::CellCounts::decode(&b)),
                     )
@@ -284,16 +295,17 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Applies a batch, takes the seqs of its events and hands them to the commit log, which
-    /// publishes them once they are durable.
+    /// Stages a write, takes the seqs of its events and hands them to the commit log, whose
+    /// flusher applies the write with the others staged meanwhile and publishes the events
+    /// once they are durable.
     fn apply(
         &self,
         state: &mut CommitState,
-        batch: Batch,
+        batch: Writes,
         events: Vec<Event>,
     ) -> Result<Vec<Event>, StorageError> {
         self.log.check_writable()?;
-        self.main.apply_batch(batch).map_err(write_error)?;
+        self.staging.stage(batch);
         if let Some(last) = events.last() {
             state.last_seq = last.seq;
         }
@@ -331,14 +343,10 @@ impl SledStorage {
 impl Storage for SledStorage {
     fn create_task(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
-        if self
-            .main
-            .contains_key(task_key(&task.id))
-            .map_err(backend)?
-        {
+        if self.staging.get(&task_key(&task.id))?.is_some() {
             return Err(StorageError::Duplicate(task.id.clone()));
         }
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         batch.insert(task_key(&task.id), encode(task)?);
         for index in sled_index::index_keys(task) {
             batch.insert(index, &[][..]);
@@ -366,7 +374,7 @@ impl Storage for SledStorage {
                 actual: stored.status,
             });
         }
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         batch.insert(task_key(&task.id), encode(task)?);
         let old_indexes = sled_index::index_keys(&stored);
         let new_indexes = sled_index::index_keys(task);
@@ -387,7 +395,7 @@ impl Storage for SledStorage {
 
     fn append_events(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         let staged = Self::stage_events(&state, &mut batch, task, events)?;
         self.apply(&mut state, batch, staged)
     }
@@ -401,6 +409,7 @@ impl Storage for SledStorage {
     }
 
     fn prune(&self, before: DateTime<Utc>, keep: u64, limit: usize) -> Result<u64, StorageError> {
+        self.staging.apply()?;
         let cutoff = before.timestamp_millis().max(0) as u64;
         let mut finished = 0;
         let mut oldest = Vec::new();
@@ -429,15 +438,18 @@ impl Storage for SledStorage {
     }
 
     fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError> {
+        self.staging.apply()?;
         sled_index::list(&self.main, query, |id| self.load_task(id))
     }
 
     fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError> {
+        self.staging.apply()?;
         self.scan_ids(prefix(&[b"i", b"status", status.as_str().as_bytes()]), true)
             .collect()
     }
 
     fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError> {
+        self.staging.apply()?;
         let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
         let scan = sled_index::plugin_status_counters();
         for entry in self.main.scan_prefix(&scan) {
@@ -459,6 +471,7 @@ impl Storage for SledStorage {
     }
 
     fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<Cell>, StorageError> {
+        self.staging.apply()?;
         let mut found = Vec::new();
         for entry in self.main.scan_prefix(sled_index::cells_prefix(owner)) {
             let (k, v) = entry.map_err(backend)?;
@@ -516,7 +529,7 @@ impl Storage for SledStorage {
 
     fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError> {
         let mut state = self.lock();
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         let staged = Self::stage_events(
             &state,
             &mut batch,
