@@ -34,7 +34,7 @@ fn main() {
         let host = BenchHost::start(
             |config| config.streams.max_connections_per_principal = subscribers + 10,
             |state| {
-                let mut feed = state.engine.storage().subscribe();
+                let mut feed = state.engine.event_feed().subscribe();
                 let published = published.clone();
                 tokio::spawn(async move {
                     while let Ok(event) = feed.recv().await {

@@ -97,7 +97,7 @@ pub fn follow_logs(
             .with_details(json!({"limit": "log_followers"}))
             .retry_after(5)
         })?;
-    let mut live = state.engine.storage().subscribe();
+    let mut live = state.engine.event_feed().subscribe();
     let (task, stored) = state
         .engine
         .visible_logs(principal, id, after_seq, usize::MAX)?;

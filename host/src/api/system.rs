@@ -1,7 +1,6 @@
 //! Health, metrics, queues, stats and the OpenAPI document.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -184,15 +183,16 @@ fn detailed_health(
         "uptime_s": state.engine.uptime().as_secs(),
     });
     if query.bool("details")? {
-        let started = Instant::now();
-        let storage_ok = state.engine.storage().get_task("health-probe").is_ok();
-        let storage_latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let feed = state.engine.event_feed();
+        let probe = feed.probe();
+        let storage_ok = probe.is_ok();
+        let storage_latency_ms = probe.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         let runtime = state.engine.registry().runtime();
         body["storage"] = json!({
             "status": if storage_ok && writable { "ok" } else { "failing" },
             "writable": writable,
             "latency_ms": storage_latency_ms,
-            "last_seq": state.engine.storage().last_seq(),
+            "last_seq": feed.last_seq(),
         });
         body["plugin_runtime"] = json!({
             "loaded_plugins": state.engine.registry().list().len(),
@@ -306,7 +306,7 @@ fn metrics(state: &AppState) -> Response {
     uptime.set(state.engine.uptime().as_secs() as i64);
     plugins.set(state.engine.registry().list().len() as i64);
     requests.set(state.http_requests.load(Ordering::Relaxed) as i64);
-    last_seq.set(state.engine.storage().last_seq() as i64);
+    last_seq.set(state.engine.event_feed().last_seq() as i64);
     ws_connections.set(state.streams.connection_count() as i64);
     ws_slow_dropped.inc_by(state.streams.slow_consumers_dropped());
 

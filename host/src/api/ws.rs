@@ -61,7 +61,6 @@ impl From<StreamError> for ApiError {
                 error.to_string(),
             ),
             StreamError::Engine(e) => e.into(),
-            StreamError::Storage(e) => ApiError::internal(e),
         }
     }
 }

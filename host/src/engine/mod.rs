@@ -7,12 +7,16 @@
 //! its event, which carries a host-wide `seq`.
 
 mod error;
+mod feed;
+mod plugins;
 mod progress;
+mod queues;
 mod reports;
 mod retention;
 mod scheduler;
 mod services;
 mod stats;
+mod validation;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,14 +31,14 @@ use tokio::sync::{Notify, broadcast};
 use tracing::warn;
 
 pub use error::EngineError;
+pub use feed::EventFeed;
 pub use progress::ProgressReport;
 pub use reports::{ReportedError, TaskUpdate};
 pub use retention::RetentionConfig;
 pub use stats::{Stats, StatsQuery};
 
 use crate::auth::{
-    Principal, SecretBox, principal_for_key, redact, redact_value, seal_secrets, secret_paths,
-    secret_strings,
+    Principal, SecretBox, principal_for_key, redact, redact_value, seal_secrets, secret_strings,
 };
 use crate::lock;
 use crate::model::{
@@ -44,7 +48,7 @@ use crate::model::{
 use crate::policy::{self, PluginAccess};
 use crate::registry::{LoadedPlugin, PluginRegistry};
 use crate::runners::Runners;
-use crate::runtime::{Grants, TaskControl, TaskFailure};
+use crate::runtime::{TaskControl, TaskFailure};
 use crate::storage::{Durability, Storage, StorageError, TaskQuery};
 use scheduler::Scheduler;
 
@@ -144,10 +148,6 @@ pub(crate) struct Inner {
 /// System notices buffered for a stream hub that falls behind (they are rare).
 const SYSTEM_NOTICE_CAPACITY: usize = 256;
 
-const MAX_LABELS: usize = 32;
-const MAX_DEPENDENCIES: usize = 100;
-const MAX_REPORTERS: usize = 16;
-
 /// Applies `next` to `task` if the state machine allows it, stamping the times it implies.
 pub(crate) fn transition(task: &mut Task, next: TaskStatus) -> Result<(), EngineError> {
     if !task.status.can_become(next) {
@@ -163,28 +163,6 @@ pub(crate) fn transition(task: &mut Task, next: TaskStatus) -> Result<(), Engine
         task.finished_at = Some(now);
     }
     Ok(())
-}
-
-fn valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-}
-
-fn valid_label_key(key: &str) -> bool {
-    (1..=64).contains(&key.len())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-}
-
-fn valid_label_value(value: &str) -> bool {
-    value.len() <= 256 && !value.chars().any(|c| c.is_control() || c == '=')
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.chars().count()) && !name.chars().any(|c| c.is_control() || c == '/')
 }
 
 impl Engine {
@@ -217,8 +195,9 @@ impl Engine {
         Ok(Self { inner })
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.inner.storage
+    /// Durable events, live and stored, for the consumers that deliver them to principals.
+    pub fn event_feed(&self) -> EventFeed {
+        EventFeed::new(self.inner.storage.clone())
     }
 
     pub fn runners(&self) -> &Runners {
@@ -420,180 +399,6 @@ impl Engine {
         }
         synced?;
         Ok(task)
-    }
-
-    /// JSON pointers of the input fields the task type's schema marks `writeOnly`.
-    fn secret_paths_of(&self, new: &NewTask) -> Vec<String> {
-        if new.executor == Executor::External {
-            return Vec::new();
-        }
-        self.inner
-            .registry
-            .get(&new.plugin)
-            .and_then(|loaded| {
-                loaded
-                    .plugin
-                    .info()
-                    .task_type(&new.task_type)
-                    .map(|t| secret_paths(&t.input_schema))
-            })
-            .unwrap_or_default()
-    }
-
-    /// Checks a new task against the plugin and the API's rules; returns its timeout limit.
-    async fn check_new_task(
-        &self,
-        principal: &Principal,
-        new: &NewTask,
-    ) -> Result<u64, EngineError> {
-        if let Some(id) = &new.id
-            && !valid_id(id)
-        {
-            return Err(EngineError::validation(
-                "id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
-            ));
-        }
-        if new.labels.len() > MAX_LABELS {
-            return Err(EngineError::validation(format!(
-                "at most {MAX_LABELS} labels"
-            )));
-        }
-        for (key, value) in &new.labels {
-            if !valid_label_key(key) || !valid_label_value(value) {
-                return Err(EngineError::validation(format!(
-                    "label {key:?}: keys are 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '/'; \
-                     values at most 256 characters without control characters or '='"
-                )));
-            }
-        }
-        if let Some(priority) = new.priority
-            && !(-1000..=1000).contains(&priority)
-        {
-            return Err(EngineError::validation(
-                "priority must be between -1000 and 1000",
-            ));
-        }
-        if let Some(attempts) = new.max_attempts
-            && !(1..=100).contains(&attempts)
-        {
-            return Err(EngineError::validation(
-                "max_attempts must be between 1 and 100",
-            ));
-        }
-        if let Some(timeout) = new.timeout_s
-            && !(1..=7 * 86_400).contains(&timeout)
-        {
-            return Err(EngineError::validation(
-                "timeout_s must be between 1 and 604800",
-            ));
-        }
-        if new.depends_on.len() > MAX_DEPENDENCIES {
-            return Err(EngineError::validation(format!(
-                "at most {MAX_DEPENDENCIES} dependencies"
-            )));
-        }
-        if new.reporters.len() > MAX_REPORTERS
-            || new
-                .reporters
-                .iter()
-                .any(|r| !valid_name(r) || r.chars().count() > 64)
-        {
-            return Err(EngineError::validation(format!(
-                "reporters: at most {MAX_REPORTERS} usernames of 1-64 characters"
-            )));
-        }
-        for dependency in &new.depends_on {
-            // A task the caller may not read does not exist for it here either.
-            let readable = valid_id(dependency)
-                && self
-                    .inner
-                    .storage
-                    .get_task(dependency)?
-                    .is_some_and(|task| policy::may_read(principal, &task));
-            if !readable {
-                return Err(EngineError::Validation {
-                    message: format!("dependency {dependency} does not exist"),
-                    details: json!({"field": "depends_on"}),
-                });
-            }
-        }
-        if new.executor == Executor::External {
-            if !valid_name(&new.plugin) || !valid_name(&new.task_type) {
-                return Err(EngineError::validation(
-                    "plugin and type of an external task are 1-128 characters without '/' or control characters",
-                ));
-            }
-            return Ok(7 * 86_400);
-        }
-        let loaded = self
-            .inner
-            .registry
-            .get(&new.plugin)
-            .ok_or_else(|| EngineError::PluginNotFound(new.plugin.clone()))?;
-        let plugin = &loaded.plugin;
-        let task_type = plugin.info().task_type(&new.task_type).ok_or_else(|| {
-            EngineError::UnsupportedTaskType {
-                plugin: new.plugin.clone(),
-                task_type: new.task_type.clone(),
-            }
-        })?;
-        self.check_schema(
-            plugin.digest(),
-            &task_type.name,
-            &task_type.input_schema,
-            &new.input,
-        )?;
-        plugin
-            .validate(&new.task_type, &new.input.to_string())
-            .await
-            .map_err(|failure| EngineError::Validation {
-                message: failure.message,
-                details: json!({"code": failure.code}),
-            })?;
-        Ok(plugin.grants().limits.timeout_s)
-    }
-
-    fn check_schema(
-        &self,
-        digest: &str,
-        task_type: &str,
-        schema: &Value,
-        input: &Value,
-    ) -> Result<(), EngineError> {
-        let cache_key = (digest.to_owned(), task_type.to_owned());
-        let validator = {
-            let mut validators = lock(&self.inner.validators);
-            match validators.get(&cache_key) {
-                Some(v) => v.clone(),
-                None => {
-                    let compiled = jsonschema::validator_for(schema).map_err(|e| {
-                        warn!(%task_type, error = %e, "plugin declares an unusable input schema");
-                        EngineError::Unavailable(format!(
-                            "the input schema of {task_type} cannot be used; the plugin must be fixed"
-                        ))
-                    })?;
-                    let compiled = Arc::new(compiled);
-                    validators.insert(cache_key, compiled.clone());
-                    compiled
-                }
-            }
-        };
-        let errors: Vec<Value> = validator
-            .iter_errors(input)
-            .take(10)
-            .map(|e| json!({"path": e.instance_path().to_string(), "message": e.to_string()}))
-            .collect();
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let first = errors[0]["message"]
-            .as_str()
-            .unwrap_or("invalid")
-            .to_owned();
-        Err(EngineError::Validation {
-            message: format!("input does not match the {task_type} schema: {first}"),
-            details: json!({"errors": errors}),
-        })
     }
 
     pub fn get(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
@@ -848,224 +653,12 @@ impl Engine {
             .ok_or_else(|| EngineError::Storage(StorageError::Backend("no event stored".into())))
     }
 
-    /// Every queue, for a principal that may see host-wide figures.
-    pub fn queues(&self, principal: &Principal) -> Result<Vec<QueueInfo>, EngineError> {
-        if !policy::may_see_host_figures(principal) {
-            return Err(EngineError::Forbidden(
-                "queue depths count every owner's tasks: an operator's view".into(),
-            ));
-        }
-        self.host_queues()
-    }
-
-    /// Every loaded plugin's queue, and queues of tasks whose plugin is gone (for the
-    /// operator's `/metrics` scrape and [`Engine::queues`]).
-    pub(crate) fn host_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
-        let counts = self.inner.storage.status_counts()?;
-        let paused = self.inner.storage.paused_queues()?;
-        let mut names: Vec<String> = self
-            .inner
-            .registry
-            .list()
-            .iter()
-            .map(|p| p.name().to_owned())
-            .collect();
-        names.extend(counts.keys().cloned());
-        names.sort();
-        names.dedup();
-        Ok(names
-            .into_iter()
-            .map(|plugin| {
-                let c = counts.get(&plugin);
-                let n = |s: TaskStatus| c.and_then(|c| c.get(&s)).copied().unwrap_or(0);
-                QueueInfo {
-                    paused: paused.contains(&plugin),
-                    queued: n(TaskStatus::Queued),
-                    scheduled: n(TaskStatus::Scheduled),
-                    running: n(TaskStatus::Running),
-                    paused_count: n(TaskStatus::Paused),
-                    completed: n(TaskStatus::Completed),
-                    failed: n(TaskStatus::Failed),
-                    cancelled: n(TaskStatus::Cancelled),
-                    plugin,
-                }
-            })
-            .collect())
-    }
-
-    fn known_queue(&self, plugin: &str) -> Result<(), EngineError> {
-        if self.inner.registry.get(plugin).is_some()
-            || self.inner.storage.status_counts()?.contains_key(plugin)
-        {
-            Ok(())
-        } else {
-            Err(EngineError::PluginNotFound(plugin.to_owned()))
-        }
-    }
-
-    pub async fn set_queue_paused(
-        &self,
-        principal: &Principal,
-        plugin: &str,
-        paused: bool,
-    ) -> Result<QueueInfo, EngineError> {
-        if !policy::may_manage_queues(principal) {
-            return Err(EngineError::Forbidden(
-                "pausing queues needs plugins:manage".into(),
-            ));
-        }
-        self.known_queue(plugin)?;
-        self.inner.storage.set_queue_paused(plugin, paused)?;
-        self.inner.durability.sync().await?;
-        lock(&self.inner.sched).set_queue_paused(plugin, paused);
-        self.inner.wake.notify_one();
-        self.notify_system(
-            if paused {
-                "queue_paused"
-            } else {
-                "queue_resumed"
-            },
-            json!({"plugin": plugin}),
-        );
-        self.host_queues()?
-            .into_iter()
-            .find(|q| q.plugin == plugin)
-            .ok_or_else(|| EngineError::PluginNotFound(plugin.to_owned()))
-    }
-
-    /// Deletes the failed tasks of a plugin; returns how many.
-    pub async fn clear_failed(
-        &self,
-        principal: &Principal,
-        plugin: &str,
-    ) -> Result<u64, EngineError> {
-        if !policy::may_manage_queues(principal) {
-            return Err(EngineError::Forbidden(
-                "clearing queues needs plugins:manage".into(),
-            ));
-        }
-        self.known_queue(plugin)?;
-        let query = TaskQuery {
-            status: Some(TaskStatus::Failed),
-            plugin: Some(plugin.to_owned()),
-            limit: usize::MAX,
-            ..TaskQuery::default()
-        };
-        let (failed, _) = self.inner.storage.list_tasks(&query)?;
-        let mut removed = 0;
-        for task in failed {
-            if self.inner.storage.delete_task(&task.id)? {
-                removed += 1;
-            }
-        }
-        self.inner.durability.sync().await?;
-        Ok(removed)
-    }
-
     pub fn stats(&self, principal: &Principal, query: StatsQuery) -> Result<Stats, EngineError> {
         stats::compute(
             self.inner.storage.as_ref(),
             &query,
             &policy::read_scope(principal),
         )
-    }
-
-    /// Tasks of `plugin` that are running now.
-    pub fn running_tasks_of(&self, plugin: &str) -> usize {
-        lock(&self.inner.sched).running(plugin)
-    }
-
-    pub fn is_queue_paused(&self, plugin: &str) -> bool {
-        lock(&self.inner.sched).is_queue_paused(plugin)
-    }
-
-    /// Installs an uploaded plugin.
-    pub async fn install_plugin(
-        &self,
-        principal: &Principal,
-        bytes: &[u8],
-        grants: Grants,
-    ) -> Result<Arc<LoadedPlugin>, EngineError> {
-        require_manage(principal)?;
-        let loaded = self.inner.registry.install(bytes, grants).await?;
-        self.inner.wake.notify_one();
-        self.notify_plugin("plugin_loaded", &loaded);
-        Ok(loaded)
-    }
-
-    /// Replaces a plugin; running tasks finish on the version they started on.
-    pub async fn replace_plugin(
-        &self,
-        principal: &Principal,
-        name: &str,
-        bytes: &[u8],
-        grants: Option<Grants>,
-    ) -> Result<Arc<LoadedPlugin>, EngineError> {
-        require_manage(principal)?;
-        let loaded = self.inner.registry.replace(name, bytes, grants).await?;
-        self.inner.wake.notify_one();
-        self.notify_plugin("plugin_replaced", &loaded);
-        Ok(loaded)
-    }
-
-    /// Unloads a plugin; refused while its tasks run unless `force`, which cancels them.
-    pub async fn unload_plugin(
-        &self,
-        principal: &Principal,
-        name: &str,
-        force: bool,
-    ) -> Result<(), EngineError> {
-        require_manage(principal)?;
-        if self.inner.registry.get(name).is_none() {
-            return Err(EngineError::PluginNotFound(name.to_owned()));
-        }
-        let running: Vec<String> = self
-            .inner
-            .storage
-            .task_ids_with_status(TaskStatus::Running)?
-            .into_iter()
-            .chain(
-                self.inner
-                    .storage
-                    .task_ids_with_status(TaskStatus::Paused)?,
-            )
-            .filter(|id| lock(&self.inner.running).contains_key(id))
-            .filter(|id| {
-                self.inner
-                    .storage
-                    .get_task(id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|t| t.plugin == name)
-            })
-            .collect();
-        if !running.is_empty() && !force {
-            return Err(EngineError::Conflict(format!(
-                "{} task(s) of {name} are running; unload with force=true to cancel them",
-                running.len()
-            )));
-        }
-        for id in running {
-            // Ended meanwhile is fine.
-            let _ = self.cancel(principal, &id).await;
-        }
-        self.inner
-            .registry
-            .unload(name)
-            .await
-            .map_err(|_| EngineError::PluginNotFound(name.to_owned()))?;
-        self.notify_system("plugin_unloaded", json!({"name": name}));
-        Ok(())
-    }
-}
-
-fn require_manage(principal: &Principal) -> Result<(), EngineError> {
-    if policy::may_manage_plugins(principal) {
-        Ok(())
-    } else {
-        Err(EngineError::Forbidden(
-            "managing plugins needs plugins:manage".into(),
-        ))
     }
 }
 

@@ -29,10 +29,9 @@ use tracing::{debug, warn};
 pub use topic::Topic;
 
 use crate::auth::Principal;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EventFeed};
 use crate::lock;
 use crate::model::{Event, SystemNotice, Task};
-use crate::storage::{Storage, StorageError};
 
 /// Stream settings (`[streams]` in the config file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,8 +110,6 @@ pub enum StreamError {
     ShuttingDown,
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
 }
 
 /// Why the hub ended a connection.
@@ -254,7 +251,7 @@ impl Streams {
     /// Starts the hub: from now on every stored event and system notice is delivered.
     pub fn start(engine: Engine, config: StreamConfig) -> Self {
         // Subscribed before anything else, so that nothing published from here on is missed.
-        let events = engine.storage().subscribe();
+        let events = engine.event_feed().subscribe();
         let notices = engine.system_notices();
         let (stop, stopped) = watch::channel(false);
         let hub = Arc::new(Hub {
@@ -342,9 +339,9 @@ impl Hub {
         mut notices: broadcast::Receiver<SystemNotice>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let storage = self.engine.storage().clone();
+        let feed = self.engine.event_feed();
         // Events up to here were published before we subscribed or are in the receiver twice.
-        let mut last = storage.last_seq();
+        let mut last = feed.last_seq();
         let mut notices_open = true;
         loop {
             tokio::select! {
@@ -356,7 +353,7 @@ impl Hub {
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
                         debug!(missed, "stream hub fell behind the live feed; catching up from storage");
-                        last = self.catch_up(storage.as_ref(), last);
+                        last = self.catch_up(&feed, last);
                     }
                     Err(RecvError::Closed) => break,
                 },
@@ -389,14 +386,14 @@ impl Hub {
 
     /// Delivers the stored events after `last` that the live feed skipped; returns the new
     /// last seq delivered.
-    fn catch_up(&self, storage: &dyn Storage, mut last: u64) -> u64 {
+    fn catch_up(&self, feed: &EventFeed, mut last: u64) -> u64 {
         const PAGE: usize = 1000;
         loop {
-            let page = match storage.events(None, last, PAGE) {
+            let page = match feed.stored(None, last, PAGE) {
                 Ok(page) => page,
                 Err(e) => {
                     warn!(error = %e, after_seq = last, "stream hub could not read missed events; subscribers can resume with after_seq");
-                    return storage.last_seq().max(last);
+                    return feed.last_seq().max(last);
                 }
             };
             let full = page.len() == PAGE;
@@ -529,7 +526,7 @@ impl StreamConnection {
                 self.hub.engine.get(&self.principal, id)?;
             }
         }
-        let storage = self.hub.engine.storage().clone();
+        let feed = self.hub.engine.event_feed();
         let single_task = match parsed.as_slice() {
             [Topic::Task(id)] => Some(id.clone()),
             _ => None,
@@ -537,7 +534,7 @@ impl StreamConnection {
         if let Some(after_seq) = after_seq
             && single_task.is_none()
         {
-            let backlog = storage.last_seq().saturating_sub(after_seq);
+            let backlog = feed.last_seq().saturating_sub(after_seq);
             if backlog > self.hub.config.max_replay_events {
                 return Err(StreamError::ReplayTooLong {
                     after_seq,
@@ -563,7 +560,7 @@ impl StreamConnection {
         }
         // Read after registering: every event past `until` reaches the queue, every event up
         // to it is in storage.
-        let until = storage.last_seq();
+        let until = feed.last_seq();
         let covered = until.max(after_seq.unwrap_or(0));
         for topic in &parsed {
             self.subscriptions.entry(topic.clone()).or_insert(covered);
@@ -571,7 +568,7 @@ impl StreamConnection {
         let topics: Vec<Topic> = parsed.into_iter().filter(|t| *t != Topic::System).collect();
         let after = after_seq.unwrap_or(until);
         Ok(Replay {
-            storage,
+            feed,
             principal: self.principal.clone(),
             done: topics.is_empty() || after >= until,
             topics,
@@ -696,7 +693,7 @@ impl Drop for StreamConnection {
 
 /// The stored events a resuming subscription missed, read page by page.
 pub struct Replay {
-    storage: Arc<dyn Storage>,
+    feed: EventFeed,
     principal: Principal,
     topics: Vec<Topic>,
     /// Read through the task's own index when the replay is of one task.
@@ -726,9 +723,9 @@ impl Replay {
     /// The next page of frames, or `None` at the end.
     pub fn next_page(&mut self) -> Result<Option<Vec<StoredFrame>>, StreamError> {
         while !self.done {
-            let page =
-                self.storage
-                    .events(self.single_task.as_deref(), self.cursor, REPLAY_PAGE)?;
+            let page = self
+                .feed
+                .stored(self.single_task.as_deref(), self.cursor, REPLAY_PAGE)?;
             if page.len() < REPLAY_PAGE {
                 self.done = true;
             }
