@@ -29,6 +29,9 @@ use crate::lock;
 
 /// Bytes of applied keys and values the overlay keeps as a cache.
 const RETAINED_BYTES: usize = 16 << 20;
+/// What one kept key costs beyond its bytes (its overlay and queue entries), counted against
+/// [`RETAINED_BYTES`] so that many small keys (index entries, counters) stay within it too.
+const ENTRY_OVERHEAD: usize = 96;
 
 /// The keys one write sets or removes, in order.
 #[derive(Default)]
@@ -129,7 +132,7 @@ impl Staging {
         let mut batch = Batch::default();
         let mut kept = Vec::with_capacity(queue.len());
         for (key, value, number) in queue {
-            let bytes = key.len() + value.as_ref().map_or(0, |v| v.len());
+            let bytes = ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, |v| v.len());
             kept.push((key.clone(), number, bytes));
             match value {
                 Some(value) => batch.insert(key, value),
