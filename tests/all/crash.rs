@@ -130,7 +130,8 @@ async fn sigterm_puts_a_running_task_back_without_spending_an_attempt() {
     let client = host.client().await;
     let api = host.api(&client);
     let task = api
-        .create(json!({"plugin": "testkit", "type": "sleep", "input": {"ms": 3000, "steps": 30}, "id": "graceful-1", "max_attempts": 1}))
+        // Long enough that a loaded machine still signals mid-run.
+        .create(json!({"plugin": "testkit", "type": "sleep", "input": {"ms": 6000, "steps": 60}, "id": "graceful-1", "max_attempts": 1}))
         .await;
     assert_eq!(task["status"], "queued");
     api.wait_for("graceful-1", Duration::from_secs(10), |t| {

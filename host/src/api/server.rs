@@ -98,6 +98,8 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     let first_byte = Duration::from_secs(http.header_read_timeout_s.max(1));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
+    // A connection still waiting for its first byte holds up the drain below: it is told.
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -176,15 +178,17 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
             });
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let mut closing_seen = closing_seen.clone();
         tokio::spawn(async move {
             let _permit = permit;
             // hyper's header timer starts only once it knows the protocol, which takes a first
-            // byte: a client that never sends one is dropped here.
+            // byte: a client that never sends one is dropped here, or at shutdown.
             let mut first = [0u8; 1];
-            if tokio::time::timeout(first_byte, stream.peek(&mut first))
-                .await
-                .is_err()
-            {
+            let first_sent = tokio::select! {
+                peeked = tokio::time::timeout(first_byte, stream.peek(&mut first)) => peeked.is_ok(),
+                _ = closing_seen.wait_for(|closing| *closing) => false,
+            };
+            if !first_sent {
                 debug!(%peer, "connection closed: nothing sent");
                 return;
             }
@@ -195,6 +199,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         });
     }
     info!("no longer accepting connections");
+    closing.send_replace(true);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
         .is_err()
