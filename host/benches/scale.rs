@@ -16,7 +16,7 @@ use std::time::Instant;
 use chrono::{Duration, Utc};
 use serde_json::json;
 use support::{ServerProcess, cpu_seconds, disk_bytes, full_run, percentile, print_cpu_split};
-use taskhost::model::{EventKind, Executor, NewEvent, Task, TaskProgress, TaskStatus};
+use taskhost::model::{EventData, Executor, QueueCause, Task, TaskProgress, TaskStatus};
 use taskhost::storage::{SledStorage, Storage};
 
 const STATUSES: [TaskStatus; 5] = [
@@ -68,8 +68,19 @@ fn task(n: usize) -> Task {
 fn fill(data: &std::path::Path, from: usize, to: usize) {
     let store = SledStorage::open(&data.join("data").join("db")).expect("store opens");
     let events = [
-        NewEvent::new(EventKind::Created, json!({})),
-        NewEvent::new(EventKind::Completed, json!({})),
+        EventData::Created {
+            plugin: "scale".into(),
+            task_type: "job".into(),
+            priority: 0,
+        },
+        EventData::Queued {
+            status: TaskStatus::Queued,
+            scheduled_at: None,
+            cause: QueueCause::Created,
+        },
+        EventData::Completed {
+            result: json!({"ok": true}),
+        },
     ];
     for n in from..to {
         store.create_task(&task(n), &events).expect("task stored");

@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::json;
-use support::{cpu_seconds, env_or, full_run};
-use taskhost::model::{EventKind, NewEvent, Task, TaskProgress, TaskStatus};
+use support::{cpu_seconds, disk_bytes, env_or, full_run};
+use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
 use taskhost::storage::{Durability, SledStorage, Storage};
 
 fn task(id: String) -> Task {
@@ -62,11 +62,16 @@ async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
         .create_task(
             &task,
             &[
-                NewEvent::new(
-                    EventKind::Created,
-                    json!({"plugin": "testkit", "type": "echo"}),
-                ),
-                NewEvent::new(EventKind::Queued, json!({"status": "queued"})),
+                EventData::Created {
+                    plugin: "testkit".into(),
+                    task_type: "echo".into(),
+                    priority: 0,
+                },
+                EventData::Queued {
+                    status: TaskStatus::Queued,
+                    scheduled_at: None,
+                    cause: QueueCause::Created,
+                },
             ],
         )
         .expect("created");
@@ -79,7 +84,7 @@ async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
         .update_task(
             &task,
             TaskStatus::Queued,
-            &[NewEvent::new(EventKind::Started, json!({"attempt": 1}))],
+            &[EventData::Started { attempt: 1 }],
         )
         .expect("started");
     task.status = TaskStatus::Completed;
@@ -90,10 +95,9 @@ async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
         .update_task(
             &task,
             TaskStatus::Running,
-            &[NewEvent::new(
-                EventKind::Completed,
-                json!({"result": {"n": 1}}),
-            )],
+            &[EventData::Completed {
+                result: json!({"n": 1}),
+            }],
         )
         .expect("completed");
 }
@@ -122,8 +126,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let storage: Arc<dyn Storage> =
-        Arc::new(SledStorage::open(&dir.path().join("db")).expect("sled opens"));
+    let sled = Arc::new(SledStorage::open(&dir.path().join("db")).expect("sled opens"));
+    let storage: Arc<dyn Storage> = sled.clone();
     let durability = Arc::new(Durability::new(storage.clone()));
     let pid = std::process::id().to_string();
     let (cpu_before, writes_before) = (cpu_seconds(&pid), syscalls(&pid));
@@ -155,4 +159,47 @@ fn main() {
         cpu * 1e6 / tasks as f64,
         writes as f64 / tasks as f64
     );
+    print_footprint(&sled, tasks, &dir.path().join("db"));
+}
+
+/// Where the bytes of the finished tasks are: live keys per family, then the files.
+fn print_footprint(sled: &SledStorage, tasks: usize, path: &std::path::Path) {
+    let families = sled.footprint().expect("footprint");
+    let per_task = |n: u64| n as f64 / tasks as f64;
+    println!("  live keys per task, by family (key + value bytes per task):");
+    let (mut keys, mut bytes) = (0, 0);
+    for family in &families {
+        keys += family.keys;
+        bytes += family.key_bytes + family.value_bytes;
+        println!(
+            "    {:<18} {:>6.2} keys  {:>7.0} B",
+            family.family,
+            per_task(family.keys),
+            per_task(family.key_bytes + family.value_bytes)
+        );
+    }
+    println!(
+        "    {:<18} {:>6.2} keys  {:>7.0} B live; {:.0} B per task in the store's files",
+        "all",
+        per_task(keys),
+        per_task(bytes),
+        per_task(disk_bytes(path))
+    );
+    let mut files: Vec<String> = std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let size = disk_bytes(&e.path()).max(e.metadata().map_or(0, |m| m.len()));
+                    format!(
+                        "{} {:.1} MB",
+                        e.file_name().to_string_lossy(),
+                        size as f64 / 1e6
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    println!("    files: {}", files.join(", "));
 }

@@ -166,12 +166,14 @@ pub fn rss_mb(pid: &str) -> f64 {
 
 /// Bytes under `path`, recursively.
 pub fn disk_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(path).map_or(0, |entries| {
         entries
             .flatten()
             .map(|entry| match entry.metadata() {
                 Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
-                Ok(meta) => meta.len(),
+                // Blocks in use, not the length: a store may leave holes in its files.
+                Ok(meta) => meta.blocks() * 512,
                 Err(_) => 0,
             })
             .sum()

@@ -16,7 +16,7 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Credentials};
 use crate::auth::Principal;
-use crate::model::{EventKind, LogEntry};
+use crate::model::{EventData, EventKind, LogEntry};
 
 /// Open followers by principal name.
 #[derive(Default)]
@@ -137,20 +137,26 @@ pub fn follow_logs(
                 received = live.recv() => received,
             };
             match received {
-                Ok(event) if event.task_id == id && event.seq > last => match event.kind {
-                    EventKind::Log => {
+                Ok(event) if event.task_id == id && event.seq > last => match &event.data {
+                    EventData::Log { level, message } => {
                         last = event.seq;
                         let entry = json!({
                             "seq": event.seq,
-                            "level": event.data["level"],
-                            "message": event.data["message"],
+                            "level": level,
+                            "message": message,
                             "timestamp": crate::model::timestamp::format(&event.timestamp),
                         });
                         if sender.send(line(event.seq, entry)).await.is_err() {
                             return;
                         }
                     }
-                    EventKind::Completed | EventKind::Failed | EventKind::Cancelled => return,
+                    data if matches!(
+                        data.kind(),
+                        EventKind::Completed | EventKind::Failed | EventKind::Cancelled
+                    ) =>
+                    {
+                        return;
+                    }
                     _ => {}
                 },
                 Ok(_) => {}

@@ -23,7 +23,7 @@ use super::tasks::{CreateTaskBody, EventPageMeta, LogPageMeta, MessageBody};
 use crate::auth::ApiKeyRequest;
 use crate::engine::Stats;
 use crate::engine::{ProgressReport, QueueInfo, TaskUpdate};
-use crate::model::{Event, LogEntry, Record, Task};
+use crate::model::{EventKind, LogEntry, Record, Task};
 
 /// One route: method, path, summary, success status, request and response schema names.
 pub struct Route {
@@ -452,6 +452,20 @@ struct TaskPage {
 struct RecordPage {
     data: Vec<Record>,
     meta: PageMeta,
+}
+
+/// An event as the API shows it (the stored one also keeps who may read it).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct Event {
+    seq: u64,
+    task_id: String,
+    #[schema(rename = "type")]
+    kind: EventKind,
+    /// The payload of that type of event.
+    data: Value,
+    /// RFC 3339, UTC, milliseconds.
+    timestamp: String,
 }
 
 #[allow(dead_code)]

@@ -42,7 +42,7 @@ use crate::auth::{
 };
 use crate::lock;
 use crate::model::{
-    Event, EventKind, Executor, LogEntry, NewEvent, Record, SystemNotice, Task, TaskProgress,
+    Event, EventData, Executor, LogEntry, QueueCause, Record, SystemNotice, Task, TaskProgress,
     TaskStatus,
 };
 use crate::policy::{self, PluginAccess};
@@ -371,17 +371,16 @@ impl Engine {
             finished_at: None,
             updated_at: now,
         };
-        let second = match task.status {
-            TaskStatus::Scheduled => NewEvent::new(
-                EventKind::Queued,
-                json!({"status": "scheduled", "scheduled_at": scheduled.map(|t| crate::model::timestamp::format(&t))}),
-            ),
-            _ => NewEvent::new(EventKind::Queued, json!({"status": "queued"})),
+        let second = EventData::Queued {
+            status: task.status,
+            scheduled_at: scheduled.filter(|_| task.status == TaskStatus::Scheduled),
+            cause: QueueCause::Created,
         };
-        let created = NewEvent::new(
-            EventKind::Created,
-            json!({"plugin": task.plugin, "type": task.task_type, "priority": task.priority}),
-        );
+        let created = EventData::Created {
+            plugin: task.plugin.clone(),
+            task_type: task.task_type.clone(),
+            priority: task.priority,
+        };
         self.inner
             .storage
             .create_task(&task, &[created, second])
@@ -451,7 +450,7 @@ impl Engine {
                 let ended = async {
                     loop {
                         match events.recv().await {
-                            Ok(event) if event.task_id == id && is_final_event(&event) => return,
+                            Ok(event) if event.task_id == id && event.data.ends_run() => return,
                             Ok(_) => {}
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                                 if self
@@ -475,10 +474,9 @@ impl Engine {
             None => {
                 let (task, _) = self.inner.modify(id, |task| {
                     transition(task, TaskStatus::Cancelled)?;
-                    Ok(vec![NewEvent::new(
-                        EventKind::Cancelled,
-                        json!({"reason": "cancelled by request"}),
-                    )])
+                    Ok(vec![EventData::Cancelled {
+                        reason: "cancelled by request".into(),
+                    }])
                 })?;
                 lock(&self.inner.sched).remove(id);
                 self.inner.durability.sync().await?;
@@ -503,7 +501,7 @@ impl Engine {
         }
         let (task, _) = self.inner.modify(id, |task| {
             transition(task, TaskStatus::Paused)?;
-            Ok(vec![NewEvent::new(EventKind::Paused, json!({}))])
+            Ok(vec![EventData::Paused])
         })?;
         lock(&self.inner.sched).remove(id);
         self.inner.durability.sync().await?;
@@ -532,10 +530,7 @@ impl Engine {
         };
         let (task, _) = self.inner.modify(id, |task| {
             transition(task, next)?;
-            Ok(vec![NewEvent::new(
-                EventKind::Resumed,
-                json!({"status": next}),
-            )])
+            Ok(vec![EventData::Resumed { status: next }])
         })?;
         self.inner.durability.sync().await?;
         Ok(self.inner.schedule(&task)?.unwrap_or(task))
@@ -557,10 +552,11 @@ impl Engine {
             task.result = None;
             task.finished_at = None;
             task.scheduled_at = None;
-            Ok(vec![NewEvent::new(
-                EventKind::Queued,
-                json!({"status": "queued", "retry": true}),
-            )])
+            Ok(vec![EventData::Queued {
+                status: TaskStatus::Queued,
+                scheduled_at: None,
+                cause: QueueCause::Retry,
+            }])
         })?;
         self.inner.durability.sync().await?;
         Ok(self.inner.schedule(&task)?.unwrap_or(task))
@@ -642,10 +638,10 @@ impl Engine {
         }
         let events = self.inner.storage.append_events(
             &task,
-            &[NewEvent::new(
-                EventKind::Message,
-                json!({"type": kind, "data": data}),
-            )],
+            &[EventData::Message {
+                message_type: kind.to_owned(),
+                data,
+            }],
         )?;
         events
             .into_iter()
@@ -660,13 +656,6 @@ impl Engine {
             &policy::read_scope(principal),
         )
     }
-}
-
-fn is_final_event(event: &Event) -> bool {
-    matches!(
-        event.kind,
-        EventKind::Completed | EventKind::Failed | EventKind::Cancelled | EventKind::Retrying
-    ) || (event.kind == EventKind::Queued && event.data.get("requeued").is_some())
 }
 
 impl Inner {
@@ -701,7 +690,7 @@ impl Inner {
     pub(crate) fn modify(
         &self,
         id: &str,
-        mut change: impl FnMut(&mut Task) -> Result<Vec<NewEvent>, EngineError>,
+        mut change: impl FnMut(&mut Task) -> Result<Vec<EventData>, EngineError>,
     ) -> Result<(Task, Vec<Event>), EngineError> {
         for _ in 0..16 {
             let stored = self
@@ -778,10 +767,7 @@ impl Inner {
                 false,
             );
             task.error = Some(failure.clone());
-            Ok(vec![NewEvent::new(
-                EventKind::Failed,
-                json!({"error": failure}),
-            )])
+            Ok(vec![EventData::Failed { error: failure }])
         });
         match result {
             Ok((task, _)) => Ok(Some(task)),

@@ -5,11 +5,11 @@
 
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Engine, EngineError, ProgressReport, transition};
 use crate::auth::{Principal, redact};
-use crate::model::{EventKind, Executor, NewEvent, Task, TaskStatus};
+use crate::model::{EventData, EventKind, Executor, Task, TaskStatus};
 use crate::policy;
 use crate::runners::{self, Artifact, JobContext, JobState, JobStatus, StepOutcome};
 use crate::runtime::TaskFailure;
@@ -164,10 +164,7 @@ impl Engine {
             }
             report.apply_to(&mut task.progress)?;
             task.updated_at = Utc::now();
-            Ok(vec![NewEvent::new(
-                EventKind::Progress,
-                serde_json::to_value(&task.progress).unwrap_or_default(),
-            )])
+            Ok(vec![EventData::Progress(task.progress.clone())])
         })?;
         Ok(())
     }
@@ -211,10 +208,9 @@ impl Engine {
                 transition(task, TaskStatus::Running)?;
                 task.attempt += 1;
                 task.started_at = Some(Utc::now());
-                events.push(NewEvent::new(
-                    EventKind::Started,
-                    json!({"attempt": task.attempt}),
-                ));
+                events.push(EventData::Started {
+                    attempt: task.attempt,
+                });
             }
             if task.status != TaskStatus::Running {
                 return Err(EngineError::Conflict(format!(
@@ -224,10 +220,7 @@ impl Engine {
             }
             report.apply_to(&mut task.progress)?;
             task.updated_at = Utc::now();
-            events.push(NewEvent::new(
-                EventKind::Progress,
-                serde_json::to_value(&task.progress).unwrap_or_default(),
-            ));
+            events.push(EventData::Progress(task.progress.clone()));
             Ok(events)
         })?;
         self.inner.durability.sync().await?;
@@ -272,17 +265,15 @@ impl Engine {
                         false,
                     ));
                 }
-                events.push(NewEvent::new(
+                events.push(EventData::Reported {
                     kind,
-                    json!({"status": next, "attempt": task.attempt}),
-                ));
+                    status: next,
+                    attempt: task.attempt,
+                });
             }
             if let Some(progress) = &update.progress {
                 progress.apply_to(&mut task.progress)?;
-                events.push(NewEvent::new(
-                    EventKind::Progress,
-                    serde_json::to_value(&task.progress).unwrap_or_default(),
-                ));
+                events.push(EventData::Progress(task.progress.clone()));
             }
             if let Some(result) = &update.result {
                 task.result = Some(result.clone());

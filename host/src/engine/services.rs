@@ -4,12 +4,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use serde_json::json;
 use tracing::warn;
 
 use super::{Engine, EngineError, Inner, NewTask, ProgressReport, transition};
 use crate::auth::{redact, redact_value};
-use crate::model::{EventKind, NewEvent, Record, Task, TaskStatus};
+use crate::model::{EventData, Record, Task, TaskStatus};
 use crate::runners::{self, JobSpec, RunnerError, StepSpec};
 use crate::runtime::{
     Artifact, ErrorKind, GuestTaskError, HostError, JobRequest, JobState, JobStatus, LogLevel,
@@ -126,17 +125,21 @@ impl EngineServices {
     }
 
     fn set_paused(&self, paused: bool) {
-        let (from, to, kind) = if paused {
-            (TaskStatus::Running, TaskStatus::Paused, EventKind::Paused)
+        let (from, to) = if paused {
+            (TaskStatus::Running, TaskStatus::Paused)
         } else {
-            (TaskStatus::Paused, TaskStatus::Running, EventKind::Resumed)
+            (TaskStatus::Paused, TaskStatus::Running)
         };
         let result = self.inner.modify(&self.task.id, |task| {
             if task.status != from {
                 return Err(EngineError::Conflict(String::new()));
             }
             transition(task, to)?;
-            Ok(vec![NewEvent::new(kind, json!({"status": to}))])
+            Ok(vec![if paused {
+                EventData::Paused
+            } else {
+                EventData::Resumed { status: to }
+            }])
         });
         if let Err(e) = result
             && !matches!(e, EngineError::Conflict(_))
@@ -181,10 +184,7 @@ impl TaskServices for EngineServices {
             }
             report.apply_to(&mut task.progress)?;
             task.updated_at = Utc::now();
-            Ok(vec![NewEvent::new(
-                EventKind::Progress,
-                serde_json::to_value(&task.progress).unwrap_or_default(),
-            )])
+            Ok(vec![EventData::Progress(task.progress.clone())])
         });
         match result {
             Ok(_) | Err(EngineError::Conflict(_)) => {}

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use serde_json::json;
 use tracing::{error, info, warn};
 
 use super::services::EngineServices;
 use super::{EngineError, Inner, RunningTask, lock, transition};
 use crate::auth::{redact, redact_value, secret_strings, unseal_into};
-use crate::model::{EventKind, Executor, NewEvent, Task, TaskStatus};
+use crate::model::{EventData, Executor, QueueCause, Task, TaskStatus};
 use crate::runtime::{Directive, Invocation, RunOutcome, TaskControl, TaskFailure};
 
 /// Longest the dispatcher sleeps without a wake-up (a safety net, not the mechanism).
@@ -49,13 +48,14 @@ impl Inner {
                         false,
                     );
                     task.error = Some(failure.clone());
-                    Ok(vec![NewEvent::new(EventKind::Failed, json!({"error": failure}))])
+                    Ok(vec![EventData::Failed { error: failure }])
                 } else {
                     transition(task, TaskStatus::Queued)?;
-                    Ok(vec![NewEvent::new(
-                        EventKind::Queued,
-                        json!({"status": "queued", "requeued": "the host restarted during the run"}),
-                    )])
+                    Ok(vec![EventData::Queued {
+                        status: TaskStatus::Queued,
+                        scheduled_at: None,
+                        cause: QueueCause::Requeued("the host restarted during the run".into()),
+                    }])
                 }
             })?;
             requeued += 1;
@@ -109,10 +109,11 @@ impl Inner {
             let promoted = self.modify(&id, |task| {
                 transition(task, TaskStatus::Queued)?;
                 task.scheduled_at = None;
-                Ok(vec![NewEvent::new(
-                    EventKind::Queued,
-                    json!({"status": "queued"}),
-                )])
+                Ok(vec![EventData::Queued {
+                    status: TaskStatus::Queued,
+                    scheduled_at: None,
+                    cause: QueueCause::Created,
+                }])
             });
             match promoted {
                 Ok((task, _)) => {
@@ -171,10 +172,9 @@ impl Inner {
             task.attempt += 1;
             task.started_at = Some(Utc::now());
             task.error = None;
-            Ok(vec![NewEvent::new(
-                EventKind::Started,
-                json!({"attempt": task.attempt}),
-            )])
+            Ok(vec![EventData::Started {
+                attempt: task.attempt,
+            }])
         });
         let task = match started {
             Ok((task, _)) => task,
@@ -353,27 +353,26 @@ impl Inner {
                         task.progress.processed = Some(total);
                     }
                     task.progress.refresh_percentage();
-                    Ok(vec![NewEvent::new(
-                        EventKind::Completed,
-                        json!({"result": value}),
-                    )])
+                    Ok(vec![EventData::Completed {
+                        result: value.clone(),
+                    }])
                 }
                 RunOutcome::Failed(_) if directive == Directive::Shutdown => {
                     // Stopped by shutdown: back to the queue, the attempt not counted.
                     transition(task, TaskStatus::Queued)?;
                     task.attempt = task.attempt.saturating_sub(1);
-                    Ok(vec![NewEvent::new(
-                        EventKind::Queued,
-                        json!({"status": "queued", "requeued": "the host is shutting down"}),
-                    )])
+                    Ok(vec![EventData::Queued {
+                        status: TaskStatus::Queued,
+                        scheduled_at: None,
+                        cause: QueueCause::Requeued("the host is shutting down".into()),
+                    }])
                 }
                 RunOutcome::Failed(failure) if directive == Directive::Cancel => {
                     transition(task, TaskStatus::Cancelled)?;
                     task.error = Some(failure.clone());
-                    Ok(vec![NewEvent::new(
-                        EventKind::Cancelled,
-                        json!({"reason": failure.message}),
-                    )])
+                    Ok(vec![EventData::Cancelled {
+                        reason: failure.message.clone(),
+                    }])
                 }
                 RunOutcome::Failed(failure)
                     if failure.retryable && task.attempt < task.max_attempts =>
@@ -383,24 +382,19 @@ impl Inner {
                     let at = now + chrono::Duration::milliseconds(delay.as_millis() as i64);
                     task.scheduled_at = Some(at);
                     task.error = Some(failure.clone());
-                    Ok(vec![NewEvent::new(
-                        EventKind::Retrying,
-                        json!({
-                            "attempt": task.attempt,
-                            "next_attempt": task.attempt + 1,
-                            "delay_ms": delay.as_millis() as u64,
-                            "scheduled_at": crate::model::timestamp::format(&at),
-                            "error": failure,
-                        }),
-                    )])
+                    Ok(vec![EventData::Retrying {
+                        attempt: task.attempt,
+                        delay_ms: delay.as_millis() as u64,
+                        scheduled_at: at,
+                        error: failure.clone(),
+                    }])
                 }
                 RunOutcome::Failed(failure) => {
                     transition(task, TaskStatus::Failed)?;
                     task.error = Some(failure.clone());
-                    Ok(vec![NewEvent::new(
-                        EventKind::Failed,
-                        json!({"error": failure}),
-                    )])
+                    Ok(vec![EventData::Failed {
+                        error: failure.clone(),
+                    }])
                 }
             }
         })

@@ -278,14 +278,13 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::model::EventKind;
+    use crate::model::EventData;
 
     fn event(seq: u64) -> Event {
         Event {
             seq,
             task_id: "t".into(),
-            kind: EventKind::Progress,
-            data: serde_json::json!({}),
+            data: EventData::Progress(Default::default()),
             timestamp: Utc::now(),
             owner: "o".into(),
             plugin: "p".into(),

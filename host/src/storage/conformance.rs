@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::cells::CellKey;
 use super::{SortField, Storage, StorageError, TaskQuery};
-use crate::model::{EventKind, NewEvent, Record, Task, TaskProgress, TaskStatus};
+use crate::model::{EventData, EventKind, QueueCause, Record, Task, TaskProgress, TaskStatus};
 
 /// A backend under test.
 pub trait Backend {
@@ -72,10 +72,18 @@ pub fn task(id: &str, plugin: &str, owner: &str, status: TaskStatus, created_ms:
     }
 }
 
-fn created() -> Vec<NewEvent> {
+fn created() -> Vec<EventData> {
     vec![
-        NewEvent::new(EventKind::Created, json!({})),
-        NewEvent::new(EventKind::Queued, json!({"status": "queued"})),
+        EventData::Created {
+            plugin: "p".into(),
+            task_type: "t".into(),
+            priority: 0,
+        },
+        EventData::Queued {
+            status: TaskStatus::Queued,
+            scheduled_at: None,
+            cause: QueueCause::Created,
+        },
     ]
 }
 
@@ -100,11 +108,7 @@ async fn a_task_its_counters_and_events_commit_together(backend: &mut impl Backe
     t.status = TaskStatus::Running;
     t.attempt = 1;
     store
-        .update_task(
-            &t,
-            TaskStatus::Queued,
-            &[NewEvent::new(EventKind::Started, json!({}))],
-        )
+        .update_task(&t, TaskStatus::Queued, &[EventData::Started { attempt: 1 }])
         .expect("started");
     store.commit_log().sync().await.expect("durable");
     assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 0);
@@ -113,7 +117,7 @@ async fn a_task_its_counters_and_events_commit_together(backend: &mut impl Backe
         .events(Some("a"), 0, 100)
         .expect("events")
         .iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind())
         .collect();
     assert_eq!(
         kinds,
@@ -384,7 +388,7 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
                 .update_task(
                     &done,
                     TaskStatus::Queued,
-                    &[NewEvent::new(EventKind::Completed, json!({}))],
+                    &[EventData::Completed { result: json!({}) }],
                 )
                 .expect("finished");
             t = done;

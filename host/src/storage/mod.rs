@@ -13,6 +13,7 @@
 //!   given again after a crash, and [`Durability::sync`] returns once the caller's writes are.
 
 pub mod cells;
+mod codec;
 pub mod commit;
 #[cfg(test)]
 pub mod conformance;
@@ -27,9 +28,11 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
 pub use commit::CommitLog;
-pub use sled_store::SledStorage;
+pub use sled_store::{KeyFamily, SledStorage};
 
-use crate::model::{ApiKeyRecord, Event, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord};
+use crate::model::{
+    ApiKeyRecord, Event, EventData, LogEntry, Record, Task, TaskStatus, UserRecord,
+};
 use crate::policy::ReadScope;
 
 #[derive(Debug, thiserror::Error)]
@@ -146,18 +149,18 @@ pub type StatusCounts = BTreeMap<TaskStatus, u64>;
 /// The storage backend.
 pub trait Storage: Send + Sync + 'static {
     /// Stores a new task and its events. Fails with `Duplicate` when the id is taken.
-    fn create_task(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError>;
+    fn create_task(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError>;
 
     /// Replaces a task whose stored status is `expected`, with its events.
     fn update_task(
         &self,
         task: &Task,
         expected: TaskStatus,
-        events: &[NewEvent],
+        events: &[EventData],
     ) -> Result<Vec<Event>, StorageError>;
 
     /// Appends events of `task` without changing it (messages).
-    fn append_events(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError>;
+    fn append_events(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError>;
 
     /// Removes a terminal task, its logs and records (its events stay in the event log).
     fn delete_task(&self, id: &str) -> Result<bool, StorageError>;

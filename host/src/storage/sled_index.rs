@@ -25,7 +25,8 @@ use sled::{Batch, IVec, Tree};
 
 use super::cells;
 use super::cells::CellKey;
-use super::sled_store::{backend, decode, key, prefix, read_u64};
+use super::codec::decode;
+use super::sled_store::{backend, key, prefix, read_u64};
 use super::{SortField, StorageError, TaskQuery};
 use crate::model::{Task, TaskStatus};
 

@@ -34,11 +34,12 @@ use chrono::{DateTime, Utc};
 use sled::{IVec, Tree};
 
 use super::cells::{self, Cell};
+use super::codec::{decode, decode_event, encode, encode_json};
 use super::commit::OnFlushFailure;
 use super::sled_staging::{Staging, Writes};
 use super::{CommitLog, StatusCounts, Storage, StorageConfig, StorageError, TaskQuery, sled_index};
 use crate::model::{
-    ApiKeyRecord, Event, EventKind, LogEntry, NewEvent, Record, Task, TaskStatus, UserRecord,
+    ApiKeyRecord, Event, EventData, LogEntry, Record, Task, TaskStatus, UserRecord,
 };
 
 /// What removing a task takes with it.
@@ -98,14 +99,6 @@ fn task_key(id: &str) -> Vec<u8> {
 
 fn event_key(seq: u64) -> Vec<u8> {
     key(&[b"e", &seq.to_be_bytes()])
-}
-
-pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
-    serde_json::from_slice(bytes).map_err(|e| backend(format!("corrupt entry: {e}")))
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(value).map_err(backend)
 }
 
 pub(super) fn read_u64(bytes: Option<IVec>) -> u64 {
@@ -185,7 +178,7 @@ impl SledStorage {
         state: &CommitState,
         batch: &mut Writes,
         task: &Task,
-        events: &[NewEvent],
+        events: &[EventData],
     ) -> Result<Vec<Event>, StorageError> {
         let now = Utc::now();
         let mut staged = Vec::with_capacity(events.len());
@@ -193,8 +186,7 @@ impl SledStorage {
             let event = Event {
                 seq,
                 task_id: task.id.clone(),
-                kind: new.kind,
-                data: new.data.clone(),
+                data: new.clone(),
                 timestamp: now,
                 owner: task.owner.clone(),
                 plugin: task.plugin.clone(),
@@ -343,8 +335,55 @@ impl SledStorage {
     }
 }
 
+/// Live keys and their bytes in one family of the store's layout (see the module table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFamily {
+    /// The family: its prefix byte, and for indexes and counters their dimension.
+    pub family: String,
+    pub keys: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+}
+
+impl SledStorage {
+    /// What the store holds, per key family: where its bytes on disk come from. It walks every
+    /// key, so it is for benchmarks and diagnostics, never a request path.
+    pub fn footprint(&self) -> Result<Vec<KeyFamily>, StorageError> {
+        self.staging.apply()?;
+        let mut families: BTreeMap<String, KeyFamily> = BTreeMap::new();
+        for entry in self.main.iter() {
+            let (k, v) = entry.map_err(backend)?;
+            let mut parts = k.split(|b| *b == 0);
+            let first = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let family = match first.as_str() {
+                "i" | "n" => format!(
+                    "{first} {}",
+                    String::from_utf8_lossy(parts.next().unwrap_or_default())
+                ),
+                "I" => {
+                    let field =
+                        String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    format!(
+                        "I {field} {}",
+                        String::from_utf8_lossy(parts.next().unwrap_or_default())
+                    )
+                }
+                _ => first,
+            };
+            let counted = families.entry(family.clone()).or_insert_with(|| KeyFamily {
+                family,
+                ..KeyFamily::default()
+            });
+            counted.keys += 1;
+            counted.key_bytes += k.len() as u64;
+            counted.value_bytes += v.len() as u64;
+        }
+        Ok(families.into_values().collect())
+    }
+}
+
 impl Storage for SledStorage {
-    fn create_task(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError> {
+    fn create_task(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
         if self.staging.get(&task_key(&task.id))?.is_some() {
             return Err(StorageError::Duplicate(task.id.clone()));
@@ -364,7 +403,7 @@ impl Storage for SledStorage {
         &self,
         task: &Task,
         expected: TaskStatus,
-        events: &[NewEvent],
+        events: &[EventData],
     ) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
         let stored = self
@@ -396,7 +435,7 @@ impl Storage for SledStorage {
         self.apply(&mut state, batch, staged)
     }
 
-    fn append_events(&self, task: &Task, events: &[NewEvent]) -> Result<Vec<Event>, StorageError> {
+    fn append_events(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
         let mut batch = Writes::default();
         let staged = Self::stage_events(&state, &mut batch, task, events)?;
@@ -504,7 +543,7 @@ impl Storage for SledStorage {
                 let until = event_key(visible.saturating_add(1));
                 for entry in self.main.range(from..until).take(limit) {
                     let (_, v) = entry.map_err(backend)?;
-                    events.push(decode(&v)?);
+                    events.push(decode_event(&v)?);
                 }
             }
             Some(id) => {
@@ -522,7 +561,7 @@ impl Storage for SledStorage {
                         .get(event_key(u64::from_be_bytes(seq)))
                         .map_err(backend)?
                     {
-                        events.push(decode(&v)?);
+                        events.push(decode_event(&v)?);
                     }
                 }
             }
@@ -537,10 +576,10 @@ impl Storage for SledStorage {
             &state,
             &mut batch,
             task,
-            &[NewEvent::new(
-                EventKind::Log,
-                serde_json::json!({"level": level, "message": message}),
-            )],
+            &[EventData::Log {
+                level: level.to_owned(),
+                message: message.to_owned(),
+            }],
         )?;
         let event = staged[0].clone();
         let entry = LogEntry {
@@ -686,7 +725,7 @@ impl Storage for SledStorage {
 
     fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError> {
         let k = key(&[b"u", user.username.as_bytes()]);
-        let value = encode(user)?;
+        let value = encode_json(user)?;
         if only_new {
             self.main
                 .compare_and_swap(k, None as Option<&[u8]>, Some(value))
@@ -710,7 +749,7 @@ impl Storage for SledStorage {
     fn put_api_key(&self, api_key: &ApiKeyRecord) -> Result<(), StorageError> {
         self.written(
             self.main
-                .insert(key(&[b"a", api_key.id.as_bytes()]), encode(api_key)?),
+                .insert(key(&[b"a", api_key.id.as_bytes()]), encode_json(api_key)?),
         )
     }
 

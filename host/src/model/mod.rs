@@ -9,7 +9,11 @@ use utoipa::ToSchema;
 
 use crate::runtime::TaskFailure;
 
-/// RFC 3339 in UTC with milliseconds, as the API fixes.
+mod event;
+pub use event::{Event, EventData, EventKind, QueueCause};
+
+/// RFC 3339 in UTC with milliseconds, as the API fixes. In a compact (binary) store encoding a
+/// time is its microseconds since the epoch instead.
 pub mod timestamp {
     use super::*;
     use serde::{Deserializer, Serializer};
@@ -18,15 +22,30 @@ pub mod timestamp {
         t.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
+    fn parse<E: serde::de::Error>(text: &str) -> Result<DateTime<Utc>, E> {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(E::custom)
+    }
+
+    fn from_micros<E: serde::de::Error>(micros: i64) -> Result<DateTime<Utc>, E> {
+        DateTime::from_timestamp_micros(micros).ok_or_else(|| E::custom("time out of range"))
+    }
+
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(t))
+        if s.is_human_readable() {
+            s.serialize_str(&format(t))
+        } else {
+            s.serialize_i64(t.timestamp_micros())
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let text = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            parse(&String::deserialize(d)?)
+        } else {
+            from_micros(i64::deserialize(d)?)
+        }
     }
 
     pub mod option {
@@ -37,7 +56,8 @@ pub mod timestamp {
             s: S,
         ) -> Result<S::Ok, S::Error> {
             match t {
-                Some(t) => s.serialize_str(&format(t)),
+                Some(t) if s.is_human_readable() => s.serialize_some(&format(t)),
+                Some(t) => s.serialize_some(&t.timestamp_micros()),
                 None => s.serialize_none(),
             }
         }
@@ -45,13 +65,59 @@ pub mod timestamp {
         pub fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<DateTime<Utc>>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| {
-                    DateTime::parse_from_rfc3339(&text)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(serde::de::Error::custom)
-                })
-                .transpose()
+            if d.is_human_readable() {
+                Option::<String>::deserialize(d)?
+                    .map(|text| parse(&text))
+                    .transpose()
+            } else {
+                Option::<i64>::deserialize(d)?.map(from_micros).transpose()
+            }
+        }
+    }
+}
+
+/// A JSON value inside a record: itself in JSON, its text in a compact (binary) encoding,
+/// which cannot carry a self-describing value.
+pub mod json_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(value: &Value, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            value.serialize(s)
+        } else {
+            s.serialize_str(&value.to_string())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        if d.is_human_readable() {
+            Value::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        }
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(value: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) if s.is_human_readable() => s.serialize_some(value),
+                Some(value) => s.serialize_some(&value.to_string()),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+            if d.is_human_readable() {
+                Option::<Value>::deserialize(d)
+            } else {
+                Option::<String>::deserialize(d)?
+                    .map(|text| serde_json::from_str(&text).map_err(serde::de::Error::custom))
+                    .transpose()
+            }
         }
     }
 }
@@ -202,9 +268,10 @@ pub struct Task {
     #[serde(default)]
     pub executor: Executor,
     /// The input with secrets masked as `"***"`; the clear values live in `sealed_input`.
+    #[serde(with = "json_value")]
     pub input: serde_json::Value,
     /// The secret fields of the input, encrypted; never serialised to clients.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     #[schema(ignore)]
     pub sealed_input: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -214,6 +281,7 @@ pub struct Task {
     pub attempt: u32,
     pub max_attempts: u32,
     pub timeout_s: u64,
+    #[serde(with = "json_value::option", default)]
     pub result: Option<serde_json::Value>,
     pub error: Option<TaskFailure>,
     #[serde(default)]
@@ -221,11 +289,11 @@ pub struct Task {
     #[serde(default)]
     pub parent_id: Option<String>,
     /// Users besides the owner who may report on this external task.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub reporters: Vec<String>,
     /// The API key the task was created with: its children act through the same key, so a
     /// task tree never holds more than the key that started it (never shown to clients).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     #[schema(ignore)]
     pub created_via: Option<String>,
     #[serde(with = "timestamp")]
@@ -248,6 +316,9 @@ impl Task {
         if let Some(object) = value.as_object_mut() {
             object.remove("sealed_input");
             object.remove("created_via");
+            if self.reporters.is_empty() {
+                object.remove("reporters");
+            }
         }
         value
     }
@@ -260,69 +331,6 @@ impl Task {
             "attempt": self.attempt,
             "progress": self.progress,
             "updated_at": timestamp::format(&self.updated_at),
-        })
-    }
-}
-
-/// Event types the API fixes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Created,
-    Queued,
-    Started,
-    Progress,
-    Log,
-    Paused,
-    Resumed,
-    Retrying,
-    Completed,
-    Failed,
-    Cancelled,
-    Message,
-}
-
-/// An event before storage gives it its `seq`.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub kind: EventKind,
-    pub data: serde_json::Value,
-}
-
-impl NewEvent {
-    pub fn new(kind: EventKind, data: serde_json::Value) -> Self {
-        Self { kind, data }
-    }
-}
-
-/// A stored event. `owner` and `plugin` are kept for authorisation and topic routing; the API
-/// view ([`Event::to_api`]) leaves them out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Event {
-    pub seq: u64,
-    pub task_id: String,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    pub data: serde_json::Value,
-    #[serde(with = "timestamp")]
-    pub timestamp: DateTime<Utc>,
-    #[schema(ignore)]
-    pub owner: String,
-    #[schema(ignore)]
-    pub plugin: String,
-    #[serde(default)]
-    #[schema(ignore)]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Event {
-    pub fn to_api(&self) -> serde_json::Value {
-        serde_json::json!({
-            "seq": self.seq,
-            "task_id": self.task_id,
-            "type": self.kind,
-            "data": self.data,
-            "timestamp": timestamp::format(&self.timestamp),
         })
     }
 }
@@ -371,6 +379,7 @@ pub struct LogEntry {
 pub struct Record {
     pub collection: String,
     pub key: String,
+    #[serde(with = "json_value")]
     pub data: serde_json::Value,
     #[serde(with = "timestamp")]
     pub updated_at: DateTime<Utc>,
