@@ -18,6 +18,7 @@ pub mod commit;
 #[cfg(test)]
 pub mod conformance;
 mod sled_index;
+mod sled_merge;
 mod sled_staging;
 mod sled_store;
 

@@ -1,11 +1,14 @@
 //! The sled backend's secondary indexes and counters, and how a listing walks them, so that
 //! listing and counting cost the same at a million tasks as at a thousand.
 //!
-//! Every task sits in one index per *dimension* it has: `all`, `status`, `plugin`, `owner`,
-//! `ps` (plugin and status), `os` (owner and status) and one `label` per label. Each index is
-//! kept in creation order, and the `all` and `status` ones also by priority and by last
-//! update; each (dimension, value) has an exact counter, written in the same batch as the
-//! task:
+//! A task counts in one *dimension* value per filter it can be listed by: `all`, `status`,
+//! `plugin`, `owner`, `ps` (plugin and status), `os` (owner and status) and one `label` per
+//! label; each (dimension, value) has an exact counter, written in the same batch as the task.
+//! Indexes are kept for the dimensions that hold a status (`status`, `ps`, `os`) and for
+//! labels, in creation order, and the `status` ones also by priority and by last update. The
+//! index of `all`, `plugin` and `owner` is the union of the seven per-status ones of `status`,
+//! `ps` and `os`, walked as one ordered merge ([`super::sled_merge`]): a task's status change
+//! then rewrites no index of theirs, and each task stores five index keys fewer.
 //!
 //! | key | value |
 //! | --- | --- |
@@ -21,16 +24,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sled::{Batch, IVec, Tree};
+use sled::{Batch, Tree};
 
 use super::cells;
 use super::cells::CellKey;
 use super::codec::decode;
+use super::sled_merge::{Merge, Range};
 use super::sled_store::{backend, key, prefix, read_u64};
 use super::{SortField, StorageError, TaskQuery};
 use crate::model::{Task, TaskStatus};
 
-/// Sort fields that have their own index (on the `all` and `status` dimensions).
+/// Dimensions whose listing can follow the sort fields besides creation (`priority`,
+/// `updated`): `status` has those indexes, `all` merges them.
 const SORTED_DIMS: [&[u8]; 2] = [b"all", b"status"];
 
 /// A (dimension, value) pair: one index and one counter.
@@ -42,6 +47,35 @@ struct Dim {
 
 fn pair(a: &str, b: &str) -> Vec<u8> {
     key(&[a.as_bytes(), b.as_bytes()])
+}
+
+impl Dim {
+    /// The stored indexes whose union is this dimension's: itself when it holds a status or
+    /// a label, otherwise its per-status dimension for each status.
+    fn parts(&self) -> Vec<Dim> {
+        let per_status: &'static [u8] = match self.name {
+            b"all" => b"status",
+            b"plugin" => b"ps",
+            b"owner" => b"os",
+            _ => return vec![self.clone()],
+        };
+        TaskStatus::ALL
+            .into_iter()
+            .map(|status| Dim {
+                name: per_status,
+                value: if self.name == b"all" {
+                    status.as_str().as_bytes().to_vec()
+                } else {
+                    key(&[&self.value, status.as_str().as_bytes()])
+                },
+            })
+            .collect()
+    }
+
+    /// Whether this dimension has index keys of its own.
+    fn stored(&self) -> bool {
+        !matches!(self.name, b"all" | b"plugin" | b"owner")
+    }
 }
 
 fn dims(task: &Task) -> Vec<Dim> {
@@ -97,9 +131,9 @@ pub(super) fn index_keys(task: &Task) -> BTreeSet<Vec<u8>> {
     let updated = (task.updated_at.timestamp_millis().max(0) as u64).to_be_bytes();
     let priority = priority_key(task);
     let mut keys = BTreeSet::new();
-    for dim in dims(task) {
+    for dim in dims(task).into_iter().filter(Dim::stored) {
         keys.insert(key(&[b"i", dim.name, &dim.value, &created, id]));
-        if SORTED_DIMS.contains(&dim.name) {
+        if dim.name == b"status" {
             keys.insert(key(&[
                 b"I",
                 b"priority",
@@ -149,7 +183,7 @@ pub(super) fn by_update(
             .get(at..at + 8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map_or(0, u64::from_be_bytes);
-        Ok((updated, id_after(&k, skip)?))
+        Ok((updated, id_in(&k, skip)?))
     })
 }
 
@@ -200,7 +234,7 @@ pub(super) fn cells_prefix(owner: Option<&str>) -> Vec<u8> {
 }
 
 /// Layout version of the derived keys (indexes, counters, cells).
-const SCHEMA_VERSION: [u8; 1] = [2];
+const SCHEMA_VERSION: [u8; 1] = [3];
 
 /// Rebuilds every index and counter from the tasks when the stored layout is older than
 /// this build's (a store written before the counters existed).
@@ -318,8 +352,8 @@ fn plan(tree: &Tree, query: &TaskQuery) -> Result<Plan, StorageError> {
     ))
 }
 
-fn id_after(k: &IVec, skip: usize) -> Result<String, StorageError> {
-    String::from_utf8(k.get(skip..).unwrap_or_default().to_vec()).map_err(backend)
+fn id_in(key: &[u8], at: usize) -> Result<String, StorageError> {
+    String::from_utf8(key.get(at..).unwrap_or_default().to_vec()).map_err(backend)
 }
 
 /// The page `query` asks for and how many tasks match, reading tasks with `load`.
@@ -329,35 +363,31 @@ pub(super) fn list(
     load: impl Fn(&str) -> Result<Option<Task>, StorageError>,
 ) -> Result<(Vec<Task>, u64), StorageError> {
     let plan = plan(tree, query)?;
+    let parts = plan.dim.parts();
     let ranged = query.created_after.is_some() || query.created_before.is_some();
     let sort_indexed = query.sort == SortField::CreatedAt || SORTED_DIMS.contains(&plan.dim.name);
     if !plan.residual && !ranged && sort_indexed {
-        let (scan, skip) = match query.sort {
-            SortField::CreatedAt => {
-                let scan = prefix(&[b"i", plan.dim.name, &plan.dim.value]);
-                let skip = scan.len() + 9;
-                (scan, skip)
-            }
-            SortField::Priority | SortField::UpdatedAt => {
-                let (field, width): (&[u8], usize) = match query.sort {
-                    SortField::Priority => (b"priority", 4),
-                    _ => (b"updated", 8),
-                };
-                let scan = prefix(&[b"I", field, plan.dim.name, &plan.dim.value]);
-                let skip = scan.len() + width + 1 + 9;
-                (scan, skip)
-            }
+        // Where the id starts in a key's suffix: after the sort key, if any, and creation.
+        let (field, id_at): (Option<&[u8]>, usize) = match query.sort {
+            SortField::CreatedAt => (None, 9),
+            SortField::Priority => (Some(b"priority"), 4 + 1 + 9),
+            SortField::UpdatedAt => (Some(b"updated"), 8 + 1 + 9),
         };
-        let keys = tree.scan_prefix(scan).keys();
-        let keys: Box<dyn Iterator<Item = sled::Result<IVec>>> = if query.ascending {
-            Box::new(keys)
-        } else {
-            Box::new(keys.rev())
-        };
+        let ranges = parts
+            .iter()
+            .map(|part| {
+                Range::whole(match field {
+                    None => prefix(&[b"i", part.name, &part.value]),
+                    Some(field) => prefix(&[b"I", field, part.name, &part.value]),
+                })
+            })
+            .collect();
         let mut page = Vec::with_capacity(query.limit.min(1000));
-        for k in keys.skip(query.offset).take(query.limit) {
-            let id = id_after(&k.map_err(backend)?, skip)?;
-            if let Some(task) = load(&id)? {
+        for suffix in Merge::new(tree, ranges, query.ascending)
+            .skip(query.offset)
+            .take(query.limit)
+        {
+            if let Some(task) = load(&id_in(&suffix?, id_at)?)? {
                 page.push(task);
             }
         }
@@ -366,41 +396,32 @@ pub(super) fn list(
     }
 
     // Read the tasks of the chosen index (within the creation bounds) and filter them.
-    let scan = prefix(&[b"i", plan.dim.name, &plan.dim.value]);
-    let skip = scan.len() + 9;
-    let bound =
-        |t: chrono::DateTime<chrono::Utc>| (t.timestamp_millis().max(0) as u64).to_be_bytes();
-    let mut from = scan.clone();
-    if let Some(after) = query.created_after {
-        from.extend_from_slice(&bound(after));
-    }
-    let mut until = scan.clone();
-    match query.created_before {
-        Some(before) => {
-            let ms = (before.timestamp_millis().max(0) as u64).saturating_add(1);
-            until.extend_from_slice(&ms.to_be_bytes());
-        }
-        None => {
-            // Everything under the prefix: its trailing \0 bumped to \x01.
-            if let Some(last) = until.last_mut() {
-                *last = 1;
-            }
-        }
-    }
-    let keys = tree.range(from..until).keys();
-    let keys: Box<dyn Iterator<Item = sled::Result<IVec>>> =
-        if query.ascending || query.sort != SortField::CreatedAt {
-            Box::new(keys)
-        } else {
-            Box::new(keys.rev())
-        };
+    let bound = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis().max(0) as u64;
+    let from = query.created_after.map(|t| bound(t).to_be_bytes().to_vec());
+    let until = query
+        .created_before
+        .map(|t| bound(t).saturating_add(1).to_be_bytes().to_vec());
+    let ranges = parts
+        .iter()
+        .map(|part| Range {
+            prefix: prefix(&[b"i", part.name, &part.value]),
+            from: from.clone(),
+            until: until.clone(),
+        })
+        .collect();
+    let keys = Merge::new(
+        tree,
+        ranges,
+        query.ascending || query.sort != SortField::CreatedAt,
+    );
     let by_created = query.sort == SortField::CreatedAt;
     let mut total = 0u64;
     let mut page = Vec::new();
     let mut matching = Vec::new();
-    for k in keys {
-        let id = id_after(&k.map_err(backend)?, skip)?;
-        let Some(task) = load(&id)? else { continue };
+    for suffix in keys {
+        let Some(task) = load(&id_in(&suffix?, 9)?)? else {
+            continue;
+        };
         if !query.matches(&task) {
             continue;
         }
