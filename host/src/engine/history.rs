@@ -1,0 +1,101 @@
+//! What clients read of a task's history, once durable: its events, log lines and records,
+//! the statistics over tasks, and messages posted to its subscribers.
+
+use super::*;
+
+impl Engine {
+    /// A task's events after `after_seq`. Events become visible once durable, a little after
+    /// the task's own state can be read; waiting for the writes made before the call keeps a
+    /// reader who saw the task in some state from missing the events that led to it.
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.load(principal, id)?;
+        self.inner.durability.sync().await?;
+        Ok(self.inner.storage.events(Some(id), after_seq, limit)?)
+    }
+
+    /// A task's log lines after `after_seq`, once the writes made before the call are
+    /// durable (as for [`events`](Self::events)).
+    pub async fn logs(
+        &self,
+        principal: &Principal,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Task, Vec<LogEntry>), EngineError> {
+        self.inner.durability.sync().await?;
+        self.visible_logs(principal, id, after_seq, limit)
+    }
+
+    /// The log lines visible now, without waiting: for followers, which then take the rest
+    /// from the live feed.
+    pub fn visible_logs(
+        &self,
+        principal: &Principal,
+        id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Task, Vec<LogEntry>), EngineError> {
+        let task = self.load(principal, id)?;
+        let logs = self.inner.storage.logs(id, after_seq, limit)?;
+        Ok((task, logs))
+    }
+
+    pub fn records(
+        &self,
+        principal: &Principal,
+        id: &str,
+        collection: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Record>, u64), EngineError> {
+        self.load(principal, id)?;
+        Ok(self.inner.storage.records(id, collection, limit, offset)?)
+    }
+
+    /// Sends a message to the task's stream subscribers (stored as a `message` event).
+    pub fn post_message(
+        &self,
+        principal: &Principal,
+        id: &str,
+        kind: &str,
+        data: Value,
+    ) -> Result<Event, EngineError> {
+        let task = self.load(principal, id)?;
+        if !policy::may_control(principal, &task) && !policy::may_report(principal, &task) {
+            return Err(EngineError::Forbidden(format!(
+                "{} may not message task {id}",
+                principal.name
+            )));
+        }
+        if kind.is_empty() || kind.len() > 64 {
+            return Err(EngineError::validation(
+                "message type must be 1-64 characters",
+            ));
+        }
+        let events = self.inner.storage.append_events(
+            &task,
+            &[EventData::Message {
+                message_type: kind.to_owned(),
+                data,
+            }],
+        )?;
+        events
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Storage(StorageError::Backend("no event stored".into())))
+    }
+
+    pub fn stats(&self, principal: &Principal, query: StatsQuery) -> Result<Stats, EngineError> {
+        stats::compute(
+            self.inner.storage.as_ref(),
+            &query,
+            &policy::read_scope(principal),
+        )
+    }
+}
