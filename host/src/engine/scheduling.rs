@@ -60,7 +60,11 @@ impl Inner {
         Ok(None)
     }
 
-    pub(super) fn fail_for_dependency(&self, id: &str, dependency: &str) -> Result<Option<Task>, EngineError> {
+    pub(super) fn fail_for_dependency(
+        &self,
+        id: &str,
+        dependency: &str,
+    ) -> Result<Option<Task>, EngineError> {
         let result = self.modify(id, |task| {
             if task.status != TaskStatus::Queued {
                 return Err(EngineError::Conflict("no longer waiting".into()));
