@@ -7,13 +7,13 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `t\0{id}` | task JSON |
-//! | `e\0{seq}` | event JSON |
+//! | `t\0{id}` | task ([`super::codec`]: postcard, JSON before) |
+//! | `e\0{seq}` | event (codec) |
 //! | `E\0{id}\0{seq}` | (events of a task) |
 //! | `i\0…`, `I\0…`, `n\0…` | indexes and counters: see [`super::sled_index`] |
 //! | `m\0schema` | layout version of the indexes (rebuilt from the tasks when older) |
-//! | `l\0{id}\0{seq}` | log line JSON |
-//! | `r\0{id}\0{collection}\0{key}` | record JSON |
+//! | `l\0{id}\0{seq}` | log line (codec) |
+//! | `r\0{id}\0{collection}\0{key}` | record (codec) |
 //! | `k\0{plugin}\0{key}` | plugin key-value data |
 //! | `q\0{plugin}` | (queue paused) |
 //! | `u\0{username}` | user JSON |
@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sled::{IVec, Tree};
@@ -108,6 +109,33 @@ pub(super) fn read_u64(bytes: Option<IVec>) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long [`open_db`] waits for a released store's file lock.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens sled, waiting a bounded time for its file lock.
+///
+/// A store dropped in this process releases its lock only when sled's own I/O threads let go
+/// of their last handle, which can be a moment after the drop returns; a store reopened in
+/// place (tests, a restart within the process) would otherwise fail at random. A lock held
+/// by another process outlasts the wait and is reported as such.
+fn open_db(config: &sled::Config) -> Result<sled::Db, StorageError> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StorageError::Unavailable(format!(
+                        "the data directory is in use by another taskhost process ({e})"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
+}
+
 impl SledStorage {
     /// Opens the store at `path` with the default settings.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
@@ -115,13 +143,13 @@ impl SledStorage {
     }
 
     pub fn open_with(path: &Path, config: &StorageConfig) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(config.cache_mb.saturating_mul(1 << 20))
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
+        let db = open_db(
+            &sled::Config::new()
+                .path(path)
+                .cache_capacity(config.cache_mb.saturating_mul(1 << 20))
+                .mode(sled::Mode::HighThroughput)
+                .flush_every_ms(None),
+        )?;
         let main = db.open_tree("main").map_err(backend)?;
         sled_index::rebuild_if_older(&main)?;
         let last_seq = main

@@ -66,3 +66,28 @@ async fn a_store_of_an_older_layout_gets_its_indexes_and_counters_rebuilt_at_ope
     assert_eq!(store.status_counts().expect("counts"), counts);
     assert_eq!(before.1, 5);
 }
+
+#[test]
+fn a_store_reopened_in_place_right_after_its_drop_opens_every_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for n in 0..20 {
+        let store = SledStorage::open(dir.path()).expect("opens after the previous drop");
+        let task = conformance::task(&format!("r{n}"), "p", "alice", TaskStatus::Queued, n);
+        store.create_task(&task, &[]).expect("created");
+        drop(store);
+    }
+    let store = SledStorage::open(dir.path()).expect("opens");
+    let counts = store.status_counts().expect("counts");
+    assert_eq!(counts["p"].get(&TaskStatus::Queued), Some(&20));
+}
+
+#[test]
+fn a_data_dir_held_by_an_open_store_is_refused_as_unavailable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _held = SledStorage::open(dir.path()).expect("opens");
+    match SledStorage::open(dir.path()) {
+        Err(StorageError::Unavailable(message)) => assert!(message.contains("in use"), "{message}"),
+        Err(other) => panic!("expected unavailable, got {other:?}"),
+        Ok(_) => panic!("a second store opened on a held data dir"),
+    }
+}
