@@ -17,6 +17,7 @@ mod codec;
 pub mod commit;
 #[cfg(test)]
 pub mod conformance;
+pub mod postgres;
 mod sled_index;
 mod sled_merge;
 mod sled_staging;
