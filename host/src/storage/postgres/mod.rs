@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 pub mod cluster;
+pub mod events;
 #[cfg(test)]
 mod tests;
 
