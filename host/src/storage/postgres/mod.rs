@@ -8,6 +8,8 @@
 #[cfg(test)]
 pub mod cluster;
 pub mod events;
+pub mod leases;
+pub mod tasks;
 #[cfg(test)]
 mod tests;
 
