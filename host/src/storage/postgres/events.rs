@@ -9,7 +9,7 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use super::pg_error;
+use super::{follow, pg_error};
 use crate::model::{Event, EventData, Task};
 use crate::storage::StorageError;
 use crate::storage::codec::{decode_event, encode};
@@ -60,6 +60,7 @@ pub async fn append(
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
+    follow::announce(tx, first + stored.len() as u64 - 1).await?;
     Ok(stored)
 }
 

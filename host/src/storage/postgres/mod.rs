@@ -8,6 +8,11 @@
 #[cfg(test)]
 pub mod cluster;
 pub mod events;
+pub mod follow;
+#[cfg(test)]
+mod follow_tests;
+#[cfg(test)]
+mod lease_tests;
 pub mod leases;
 pub mod tasks;
 #[cfg(test)]
