@@ -82,14 +82,19 @@ fn fill(data: &std::path::Path, from: usize, to: usize) {
             result: json!({"ok": true}),
         },
     ];
-    for n in from..to {
-        store.create_task(&task(n), &events).expect("task stored");
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio");
-    rt.block_on(store.commit_log().sync()).expect("durable");
+    rt.block_on(async {
+        for n in from..to {
+            store
+                .create_task(&task(n), &events)
+                .await
+                .expect("task stored");
+        }
+        store.sync().await.expect("durable");
+    });
 }
 
 const REQUESTS: &[(&str, &str)] = &[

@@ -22,7 +22,7 @@ use chrono::Utc;
 use serde_json::json;
 use support::{cpu_seconds, disk_bytes, env_or, full_run};
 use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
-use taskhost::storage::{Durability, SledStorage, Storage};
+use taskhost::storage::{SledStorage, Storage};
 
 fn task(id: String) -> Task {
     let now = Utc::now();
@@ -56,7 +56,7 @@ fn task(id: String) -> Task {
 }
 
 /// The three writes of one echo task, as the engine makes them.
-async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
+async fn one_task(storage: &dyn Storage, id: String) {
     let mut task = task(id);
     storage
         .create_task(
@@ -74,8 +74,9 @@ async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
                 },
             ],
         )
+        .await
         .expect("created");
-    durability.sync().await.expect("durable");
+    storage.sync().await.expect("durable");
     task.status = TaskStatus::Running;
     task.attempt = 1;
     task.started_at = Some(Utc::now());
@@ -86,6 +87,7 @@ async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
             TaskStatus::Queued,
             &[EventData::Started { attempt: 1 }],
         )
+        .await
         .expect("started");
     task.status = TaskStatus::Completed;
     task.result = Some(json!({"n": 1}));
@@ -99,6 +101,7 @@ async fn one_task(storage: &dyn Storage, durability: &Durability, id: String) {
                 result: json!({"n": 1}),
             }],
         )
+        .await
         .expect("completed");
 }
 
@@ -128,17 +131,16 @@ fn main() {
         .expect("runtime");
     let sled = Arc::new(SledStorage::open(&dir.path().join("db")).expect("sled opens"));
     let storage: Arc<dyn Storage> = sled.clone();
-    let durability = Arc::new(Durability::new(storage.clone()));
     let pid = std::process::id().to_string();
     let (cpu_before, writes_before) = (cpu_seconds(&pid), syscalls(&pid));
     let start = Instant::now();
     runtime.block_on(async {
         let mut workers = Vec::new();
         for caller in 0..callers {
-            let (storage, durability) = (storage.clone(), durability.clone());
+            let storage = storage.clone();
             workers.push(tokio::spawn(async move {
                 for n in (caller..tasks).step_by(callers) {
-                    one_task(storage.as_ref(), &durability, format!("bench-{n:08}")).await;
+                    one_task(storage.as_ref(), format!("bench-{n:08}")).await;
                 }
             }));
         }

@@ -82,7 +82,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     let request: ApiKeyRequest = parse_json(&b)?;
                     let (record, key) = s
                         .auth
-                        .create_api_key(&p, request, &|plugin| s.engine.plugin_access(plugin))?;
+                        .create_api_key(&p, request, &|plugin| s.engine.plugin_access(plugin))
+                        .await?;
                     let mut view = api_key_json(&record);
                     // The only time the key is shown.
                     view["key"] = json!(key);
@@ -99,6 +100,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 s.auth
                     .list_api_keys(&p)
+                    .await
                     .map(|keys| {
                         json_reply(
                             StatusCode::OK,
@@ -116,6 +118,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 s.auth
                     .revoke_api_key(&p, &id)
+                    .await
                     .map(|r| json_reply(StatusCode::OK, &api_key_json(&r)))
                     .map_err(ApiError::from),
             )
@@ -141,14 +144,15 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(body(limit))
         .and(with_state.clone())
         .then(|username: String, p: Principal, b: Bytes, s: AppState| async move {
-            respond((|| {
+            respond(async {
                 let change: RoleChange = parse_json(&b)?;
-                let user = s.auth.set_role(&p, &username, change.role)?;
+                let user = s.auth.set_role(&p, &username, change.role).await?;
                 Ok(json_reply(
                     StatusCode::OK,
                     &json!({"username": user.username, "role": user.role, "created_at": crate::model::timestamp::format(&user.created_at)}),
                 ))
-            })())
+            }
+.await)
         });
     login
         .or(set_role)

@@ -75,7 +75,7 @@ fn stored_line(entry: &LogEntry) -> warp::sse::Event {
 
 /// The stored lines after `after_seq`, then new ones as they are written. Subscribing before
 /// reading the stored lines leaves no gap; the seq check leaves no duplicate.
-pub fn follow_logs(
+pub async fn follow_logs(
     principal: &Principal,
     credentials: Credentials,
     state: &AppState,
@@ -100,7 +100,8 @@ pub fn follow_logs(
     let mut live = state.engine.event_feed().subscribe();
     let (task, stored) = state
         .engine
-        .visible_logs(principal, id, after_seq, usize::MAX)?;
+        .visible_logs(principal, id, after_seq, usize::MAX)
+        .await?;
     let (sender, receiver) = mpsc::channel::<warp::sse::Event>(256);
     let id = id.to_owned();
     let state = state.clone();
@@ -128,8 +129,8 @@ pub fn follow_logs(
                 () = sender.closed() => return,
                 _ = recheck.tick() => {
                     // A revoked key, an expired token or a lost right ends the follower.
-                    match credentials.authenticate(&state) {
-                        Ok(now) if state.engine.get(&now, &id).is_ok() => principal = now,
+                    match credentials.authenticate(&state).await {
+                        Ok(now) if state.engine.get(&now, &id).await.is_ok() => principal = now,
                         _ => return,
                     }
                     continue;
@@ -162,8 +163,10 @@ pub fn follow_logs(
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
                     // Fell behind the live feed: catch up from storage, then go on.
-                    let Ok((task, missed)) =
-                        state.engine.visible_logs(&principal, &id, last, usize::MAX)
+                    let Ok((task, missed)) = state
+                        .engine
+                        .visible_logs(&principal, &id, last, usize::MAX)
+                        .await
                     else {
                         return;
                     };

@@ -145,6 +145,7 @@ pub fn authenticated(
                 async move {
                     let principal =
                         authenticate(&state, authorization.as_deref(), api_key.as_deref())
+                            .await
                             .map_err(warp::reject::custom)?;
                     check_rate(&state.limits, Class::Principal, &principal.name)
                         .map_err(warp::reject::custom)?;
@@ -154,7 +155,7 @@ pub fn authenticated(
         )
 }
 
-fn authenticate(
+async fn authenticate(
     state: &AppState,
     authorization: Option<&str>,
     api_key: Option<&str>,
@@ -169,14 +170,14 @@ fn authenticate(
                 (Some(scheme), Some(credential))
                     if scheme.eq_ignore_ascii_case("bearer") && !credential.trim().is_empty() =>
                 {
-                    state.auth.authenticate_bearer(credential.trim())
+                    state.auth.authenticate_bearer(credential.trim()).await
                 }
                 _ => Err(AuthError::Unauthenticated(
                     "the Authorization header must be `Bearer <token or API key>`",
                 )),
             }
         }
-        (None, Some(key)) => state.auth.authenticate_api_key(key.trim()),
+        (None, Some(key)) => state.auth.authenticate_api_key(key.trim()).await,
         (None, None) => Err(AuthError::Unauthenticated(
             "credentials required: Authorization: Bearer <token or API key>, or X-API-Key",
         )),
@@ -225,12 +226,13 @@ impl Credentials {
             })
     }
 
-    pub fn authenticate(&self, state: &AppState) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, state: &AppState) -> Result<Principal, ApiError> {
         authenticate(
             state,
             self.authorization.as_deref(),
             self.api_key.as_deref(),
         )
+        .await
     }
 }
 

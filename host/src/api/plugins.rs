@@ -13,23 +13,30 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Query, authenticated, body, json_reply, raw_query, respond};
 use crate::auth::Principal;
+use crate::engine::QueueInfo;
 use crate::policy::{self, PluginAccess, TaskAction};
 use crate::registry::LoadedPlugin;
 use crate::runtime::Grants;
 
-/// The API view of a loaded plugin.
+/// The API view of one loaded plugin, with its queue's counts.
+pub async fn plugin_json(principal: &Principal, state: &AppState, loaded: &LoadedPlugin) -> Value {
+    let queues = state.engine.queues(principal).await.unwrap_or_default();
+    plugin_view(principal, state, loaded, &queues)
+}
+
 /// A plugin as `principal` may see it: what it offers to all, its grants and host-wide counts
-/// to operators only.
-pub fn plugin_json(principal: &Principal, state: &AppState, loaded: &LoadedPlugin) -> Value {
+/// to operators only; `queues` are the queues `principal` may see.
+fn plugin_view(
+    principal: &Principal,
+    state: &AppState,
+    loaded: &LoadedPlugin,
+    queues: &[QueueInfo],
+) -> Value {
     let plugin = &loaded.plugin;
     let info = plugin.info();
     let grants = plugin.grants();
     let access = PluginAccess::of(grants);
-    let counts = state
-        .engine
-        .queues(principal)
-        .ok()
-        .and_then(|queues| queues.into_iter().find(|q| q.plugin == info.name));
+    let counts = queues.iter().find(|q| q.plugin == info.name);
     let operator_view = policy::may_see_grants(principal).then(|| {
         json!({
             "http": {"allow": grants.http.allow},
@@ -81,13 +88,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .then(|p: Principal, s: AppState| async move {
+            let queues = s.engine.queues(&p).await.unwrap_or_default();
             let data: Vec<Value> = s
                 .engine
                 .registry()
                 .list()
                 .iter()
                 .filter(|l| policy::may_act_on(&p, &l.plugin.info().name, TaskAction::Read))
-                .map(|l| plugin_json(&p, &s, l))
+                .map(|l| plugin_view(&p, &s, l, &queues))
                 .collect();
             respond(Ok(json_reply(StatusCode::OK, &json!({"data": data}))))
         });
@@ -96,12 +104,17 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .then(|name: String, p: Principal, s: AppState| async move {
+            let found = s
+                .engine
+                .registry()
+                .get(&name)
+                .filter(|_| policy::may_act_on(&p, &name, TaskAction::Read));
+            let view = match found {
+                Some(loaded) => Some(plugin_json(&p, &s, &loaded).await),
+                None => None,
+            };
             respond(
-                s.engine
-                    .registry()
-                    .get(&name)
-                    .filter(|_| policy::may_act_on(&p, &name, TaskAction::Read))
-                    .map(|l| json_reply(StatusCode::OK, &plugin_json(&p, &s, &l)))
+                view.map(|view| json_reply(StatusCode::OK, &view))
                     .ok_or_else(|| {
                         ApiError::new(
                             StatusCode::NOT_FOUND,
@@ -130,7 +143,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                             .await?;
                         Ok(json_reply(
                             StatusCode::CREATED,
-                            &plugin_json(&p, &s, &loaded),
+                            &plugin_json(&p, &s, &loaded).await,
                         ))
                     }
                     .await,
@@ -160,7 +173,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                                 .engine
                                 .replace_plugin(&p, &name, &component, grants)
                                 .await?;
-                            Ok(json_reply(StatusCode::OK, &plugin_json(&p, &s, &loaded)))
+                            Ok(json_reply(
+                                StatusCode::OK,
+                                &plugin_json(&p, &s, &loaded).await,
+                            ))
                         }
                         .await,
                     )

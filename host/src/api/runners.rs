@@ -244,68 +244,83 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     };
     let logs = job("logs").then(
         |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
-            respond((|| {
-                same_runner(&id, &caller)?;
-                let report: LogReport = parse_json(&bytes)?;
-                if report.lines.len() > MAX_LOG_LINES {
-                    return Err(ApiError::validation(format!(
-                        "at most {MAX_LOG_LINES} lines per report"
-                    )));
+            respond(
+                async {
+                    same_runner(&id, &caller)?;
+                    let report: LogReport = parse_json(&bytes)?;
+                    if report.lines.len() > MAX_LOG_LINES {
+                        return Err(ApiError::validation(format!(
+                            "at most {MAX_LOG_LINES} lines per report"
+                        )));
+                    }
+                    let context = s.engine.runners().touch(&id, &job)?;
+                    for line in report.lines {
+                        let level = if line.stream == "stderr" {
+                            "warn"
+                        } else {
+                            "info"
+                        };
+                        // Masked before it is cut (in the engine), so a cut cannot split a secret.
+                        s.engine.runner_log(&context, level, &line.line).await?;
+                    }
+                    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
                 }
-                let context = s.engine.runners().touch(&id, &job)?;
-                for line in report.lines {
-                    let level = if line.stream == "stderr" {
-                        "warn"
-                    } else {
-                        "info"
-                    };
-                    // Masked before it is cut (in the engine), so a cut cannot split a secret.
-                    s.engine.runner_log(&context, level, &line.line)?;
-                }
-                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
-            })())
+                .await,
+            )
         },
     );
     let progress = job("progress").then(
         |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
-            respond((|| {
-                same_runner(&id, &caller)?;
-                let report: ProgressReport = parse_json(&bytes)?;
-                let context = s.engine.runners().touch(&id, &job)?;
-                s.engine.runner_progress(
-                    &context,
-                    crate::engine::ProgressReport {
-                        processed: report.processed,
-                        total: report.total,
-                        current_step: report.step,
-                        message: report.message,
-                        metrics: report.metrics,
-                    },
-                )?;
-                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
-            })())
+            respond(
+                async {
+                    same_runner(&id, &caller)?;
+                    let report: ProgressReport = parse_json(&bytes)?;
+                    let context = s.engine.runners().touch(&id, &job)?;
+                    s.engine
+                        .runner_progress(
+                            &context,
+                            crate::engine::ProgressReport {
+                                processed: report.processed,
+                                total: report.total,
+                                current_step: report.step,
+                                message: report.message,
+                                metrics: report.metrics,
+                            },
+                        )
+                        .await?;
+                    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+                }
+                .await,
+            )
         },
     );
     let step = job("steps").then(
         |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
-            respond((|| {
-                same_runner(&id, &caller)?;
-                let outcome: StepOutcome = parse_json(&bytes)?;
-                s.engine.runner_step_finished(&id, &job, outcome)?;
-                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
-            })())
+            respond(
+                async {
+                    same_runner(&id, &caller)?;
+                    let outcome: StepOutcome = parse_json(&bytes)?;
+                    s.engine.runner_step_finished(&id, &job, outcome).await?;
+                    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+                }
+                .await,
+            )
         },
     );
     let finish = job("finish").then(
         |id: String, job: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
-            respond((|| {
-                same_runner(&id, &caller)?;
-                let finish: Finish = parse_json(&bytes)?;
-                let state = s
-                    .engine
-                    .runner_finish(&id, &job, finish.status, finish.artifacts)?;
-                Ok(json_reply(StatusCode::OK, &json!(state)))
-            })())
+            respond(
+                async {
+                    same_runner(&id, &caller)?;
+                    let finish: Finish = parse_json(&bytes)?;
+                    let state = s
+                        .engine
+                        .runner_finish(&id, &job, finish.status, finish.artifacts)
+                        .await?;
+                    Ok(json_reply(StatusCode::OK, &json!(state)))
+                }
+                .await,
+            )
         },
     );
 

@@ -55,7 +55,7 @@ pub fn root_routes(state: AppState) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_state)
-        .map(|s: AppState| metrics(&s));
+        .then(|s: AppState| async move { metrics(&s).await });
     health
         .or(live)
         .unify()
@@ -76,7 +76,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(raw_query())
         .then(|p: Principal, s: AppState, q: String| async move {
-            respond(detailed_health(&p, &s, &q))
+            respond(detailed_health(&p, &s, &q).await)
         });
     let queues = warp::path!("queues")
         .and(warp::get())
@@ -86,6 +86,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 s.engine
                     .queues(&p)
+                    .await
                     .map_err(ApiError::from)
                     .map(|q| json_reply(StatusCode::OK, &json!({"data": q}))),
             )
@@ -132,14 +133,17 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 async {
                     let query = Query::parse(&q, &["created_after", "created_before"], true)?;
-                    let stats = s.engine.stats(
-                        &p,
-                        StatsQuery {
-                            labels: query.labels(),
-                            created_after: query.timestamp("created_after")?,
-                            created_before: query.timestamp("created_before")?,
-                        },
-                    )?;
+                    let stats = s
+                        .engine
+                        .stats(
+                            &p,
+                            StatsQuery {
+                                labels: query.labels(),
+                                created_after: query.timestamp("created_after")?,
+                                created_before: query.timestamp("created_before")?,
+                            },
+                        )
+                        .await?;
                     Ok(json_reply(StatusCode::OK, &json!(stats)))
                 }
                 .await,
@@ -165,7 +169,7 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn detailed_health(
+async fn detailed_health(
     principal: &Principal,
     state: &AppState,
     raw: &str,
@@ -184,7 +188,7 @@ fn detailed_health(
     });
     if query.bool("details")? {
         let feed = state.engine.event_feed();
-        let probe = feed.probe();
+        let probe = feed.probe().await;
         let storage_ok = probe.is_ok();
         let storage_latency_ms = probe.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         let runtime = state.engine.registry().runtime();
@@ -199,7 +203,7 @@ fn detailed_health(
             "pooling_allocator": runtime.is_pooling(),
             "max_instances": runtime.config().max_instances,
         });
-        body["queues"] = json!(state.engine.queues(principal)?);
+        body["queues"] = json!(state.engine.queues(principal).await?);
         body["websocket_connections"] = json!(state.streams.connection_count());
         body["log_followers"] = json!(state.followers.count());
         body["websocket_slow_consumers_dropped"] = json!(state.streams.slow_consumers_dropped());
@@ -220,7 +224,7 @@ struct PluginLabels {
 }
 
 /// Prometheus text exposition, gathered at scrape time from the engine's own counts.
-fn metrics(state: &AppState) -> Response {
+async fn metrics(state: &AppState) -> Response {
     let mut registry = Registry::with_prefix("taskhost");
     let tasks = Family::<TaskLabels, Gauge>::default();
     let paused = Family::<PluginLabels, Gauge>::default();
@@ -270,7 +274,7 @@ fn metrics(state: &AppState) -> Response {
         ws_slow_dropped.clone(),
     );
 
-    let queues = match state.engine.host_queues() {
+    let queues = match state.engine.host_queues().await {
         Ok(queues) => queues,
         Err(e) => return ApiError::from(e).into_response(),
     };

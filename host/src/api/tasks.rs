@@ -134,7 +134,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .and(raw_query())
-        .then(|p: Principal, s: AppState, q: String| async move { respond(list(&p, &s, &q)) });
+        .then(
+            |p: Principal, s: AppState, q: String| async move { respond(list(&p, &s, &q).await) },
+        );
     let get = warp::path!("tasks" / String)
         .and(warp::get())
         .and(auth.clone())
@@ -143,6 +145,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 s.engine
                     .get(&p, &id)
+                    .await
                     .map(|t| json_reply(StatusCode::OK, &t.to_api()))
                     .map_err(Into::into),
             )
@@ -217,7 +220,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
-            respond(s.engine.get(&p, &id).map_err(Into::into).map(|t| {
+            respond(s.engine.get(&p, &id).await.map_err(Into::into).map(|t| {
                 json_reply(
                     StatusCode::OK,
                     &json!({"task_id": t.id, "status": t.status, "progress": t.progress}),
@@ -252,7 +255,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(raw_query())
         .then(
             |id: String, p: Principal, s: AppState, q: String| async move {
-                respond(records(&p, &s, &id, &q))
+                respond(records(&p, &s, &id, &q).await)
             },
         );
     let message = task("messages")
@@ -267,7 +270,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                         let message: MessageBody = parse_json(&b)?;
                         let event = s
                             .engine
-                            .post_message(&p, &id, &message.kind, message.data)?;
+                            .post_message(&p, &id, &message.kind, message.data)
+                            .await?;
                         Ok(json_reply(StatusCode::ACCEPTED, &event.to_api()))
                     }
                     .await,
@@ -337,7 +341,7 @@ async fn create(
     Ok(json_reply(StatusCode::ACCEPTED, &task.to_api()))
 }
 
-fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Response, ApiError> {
+async fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Response, ApiError> {
     let query = Query::parse(
         raw,
         &[
@@ -395,7 +399,7 @@ fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Response, 
         limit,
         offset,
     };
-    let (tasks, total) = state.engine.list(principal, task_query)?;
+    let (tasks, total) = state.engine.list(principal, task_query).await?;
     let data = tasks.iter().map(|t| t.to_api()).collect();
     Ok(json_reply(
         StatusCode::OK,
@@ -451,7 +455,7 @@ async fn logs(
         },
     };
     if query.bool("follow")? {
-        return follow::follow_logs(principal, credentials, state, id, after_seq, since_time);
+        return follow::follow_logs(principal, credentials, state, id, after_seq, since_time).await;
     }
     let (_, entries) = state
         .engine
@@ -469,7 +473,7 @@ async fn logs(
     ))
 }
 
-fn records(
+async fn records(
     principal: &Principal,
     state: &AppState,
     id: &str,
@@ -477,10 +481,10 @@ fn records(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw, &["collection", "limit", "offset"], false)?;
     let (limit, offset) = (query.limit()?, query.offset()?);
-    let (records, total) =
-        state
-            .engine
-            .records(principal, id, query.get("collection"), limit, offset)?;
+    let (records, total) = state
+        .engine
+        .records(principal, id, query.get("collection"), limit, offset)
+        .await?;
     let data = records
         .iter()
         .map(|r| serde_json::to_value(r).unwrap_or_default())

@@ -83,7 +83,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(
             |authorization, api_key, raw: String, ws: Option<Ws>, state: AppState| async move {
                 let credentials = Credentials::from_request(authorization, api_key, &raw);
-                respond(open_hub(state, credentials, &raw, ws))
+                respond(open_hub(state, credentials, &raw, ws).await)
             },
         );
     let task =
@@ -100,21 +100,21 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                  ws: Option<Ws>,
                  state: AppState| async move {
                     let credentials = Credentials::from_request(authorization, api_key, &raw);
-                    respond(open_task(state, credentials, &id, &raw, ws))
+                    respond(open_task(state, credentials, &id, &raw, ws).await)
                 },
             );
     hub.or(task).unify().boxed()
 }
 
 /// Authenticates, checks the query and the upgrade, and takes a connection slot.
-fn admit(
+async fn admit(
     state: &AppState,
     credentials: &Credentials,
     raw: &str,
     known: &[&str],
     ws: Option<Ws>,
 ) -> Result<(Query, Ws, StreamConnection), ApiError> {
-    let principal = credentials.authenticate(state)?;
+    let principal = credentials.authenticate(state).await?;
     check_rate(&state.limits, Class::Principal, &principal.name)?;
     let query = Query::parse(raw, known, false)?;
     let ws = ws.ok_or_else(|| {
@@ -127,13 +127,13 @@ fn admit(
     Ok((query, ws, connection))
 }
 
-fn open_hub(
+async fn open_hub(
     state: AppState,
     credentials: Credentials,
     raw: &str,
     ws: Option<Ws>,
 ) -> Result<Response, ApiError> {
-    let (_, ws, connection) = admit(&state, &credentials, raw, &["token", "api_key"], ws)?;
+    let (_, ws, connection) = admit(&state, &credentials, raw, &["token", "api_key"], ws).await?;
     let hello = connected_frame(&state, &connection);
     Ok(start_session(
         ws,
@@ -173,7 +173,7 @@ fn start_session(
 
 /// A stream of one task: subscribed before the task is read, so the state in the `connected`
 /// frame reflects every event through its `seq` and the frames that follow come after it.
-fn open_task(
+async fn open_task(
     state: AppState,
     credentials: Credentials,
     id: &str,
@@ -186,13 +186,16 @@ fn open_task(
         raw,
         &["token", "api_key", "after_seq"],
         ws,
-    )?;
+    )
+    .await?;
     let after_seq = query
         .get("after_seq")
         .map(|_| query.u64_in("after_seq", 0, u64::MAX, 0))
         .transpose()?;
-    let replay = connection.subscribe(&[format!("task:{id}")], after_seq)?;
-    let task = connection.task(id)?;
+    let replay = connection
+        .subscribe(&[format!("task:{id}")], after_seq)
+        .await?;
+    let task = connection.task(id).await?;
     let mut hello = connected_frame(&state, &connection);
     hello["topics"] = json!(connection.topics());
     hello["seq"] = json!(replay.until());
@@ -263,7 +266,7 @@ impl Session {
     async fn send_replay(&mut self, replay: &mut Replay) -> Result<usize, Stop> {
         let mut sent = 0;
         loop {
-            match replay.next_page() {
+            match replay.next_page().await {
                 Ok(Some(frames)) => {
                     for frame in frames {
                         self.send_frame(&frame.text, Some(frame.seq)).await?;
@@ -314,7 +317,7 @@ impl Session {
         match frame {
             ClientFrame::Ping => self.send_json(&json!({"type": "pong"})).await,
             ClientFrame::Subscribe { topics, after_seq } => {
-                match self.connection.subscribe(&topics, after_seq) {
+                match self.connection.subscribe(&topics, after_seq).await {
                     Ok(mut replay) => {
                         let replayed = self.send_replay(&mut replay).await?;
                         self.send_json(&json!({
@@ -441,7 +444,7 @@ async fn run(
                     debug!(connection = session.connection.connection_id(), "peer silent for two heartbeats; dropping");
                     Err(Stop::PeerGone)
                 } else {
-                    match credentials.authenticate(state) {
+                    match credentials.authenticate(state).await {
                         Ok(principal) => {
                             session.connection.refresh_principal(principal);
                             session.write(Message::ping(Vec::new())).await

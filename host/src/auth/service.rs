@@ -201,14 +201,14 @@ const MAX_KEY_PERMISSIONS: usize = 64;
 /// The principal a stored key acts as now: `None` when it is revoked, expired or its owner is
 /// gone. Its role is the lesser of the key's and the owner's current one, so a demoted owner's
 /// keys shrink with it.
-pub(crate) fn principal_for_key(
+pub(crate) async fn principal_for_key(
     storage: &dyn Storage,
     record: &ApiKeyRecord,
 ) -> Result<Option<Principal>, AuthError> {
     if record.revoked_at.is_some() || record.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Ok(None);
     }
-    let Some(owner) = storage.get_user(&record.owner)? else {
+    let Some(owner) = storage.get_user(&record.owner).await? else {
         return Ok(None);
     };
     let (role, restricted) = match record.role {
@@ -272,7 +272,7 @@ impl Auth {
                 ),
             }),
         };
-        if auth.inner.storage.count_users()? == 0 {
+        if auth.inner.storage.count_users().await? == 0 {
             let (password, generated) = match &config.admin_password {
                 Some(password) if !password.is_empty() => (password.clone(), false),
                 _ => (random_token(18), true),
@@ -282,15 +282,18 @@ impl Auth {
             })
             .await
             .map_err(|e| AuthError::Setup(e.to_string()))??;
-            auth.inner.storage.put_user(
-                &UserRecord {
-                    username: "admin".into(),
-                    password_hash: hash.0,
-                    role: Role::Admin,
-                    created_at: Utc::now(),
-                },
-                true,
-            )?;
+            auth.inner
+                .storage
+                .put_user(
+                    &UserRecord {
+                        username: "admin".into(),
+                        password_hash: hash.0,
+                        role: Role::Admin,
+                        created_at: Utc::now(),
+                    },
+                    true,
+                )
+                .await?;
             if generated {
                 // Shown this once; only its hash is stored.
                 warn!(
@@ -310,7 +313,7 @@ impl Auth {
 
     /// Checks a username and password; returns a token.
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResult, AuthError> {
-        let user = self.inner.storage.get_user(username)?;
+        let user = self.inner.storage.get_user(username).await?;
         let hash = user
             .as_ref()
             .map_or(self.inner.decoy_hash.clone(), |u| u.password_hash.clone());
@@ -358,9 +361,9 @@ impl Auth {
     }
 
     /// The principal behind a bearer credential: a JWT, or an API key.
-    pub fn authenticate_bearer(&self, credential: &str) -> Result<Principal, AuthError> {
+    pub async fn authenticate_bearer(&self, credential: &str) -> Result<Principal, AuthError> {
         if credential.starts_with("thk_") {
-            return self.authenticate_api_key(credential);
+            return self.authenticate_api_key(credential).await;
         }
         let data = jsonwebtoken::decode::<Claims>(
             credential,
@@ -373,22 +376,30 @@ impl Auth {
         let user = self
             .inner
             .storage
-            .get_user(&claims.sub)?
+            .get_user(&claims.sub)
+            .await?
             .ok_or(AuthError::Unauthenticated("invalid or expired token"))?;
         Ok(Principal::with_role(&user.username, user.role))
     }
 
-    pub fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
+    pub async fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let refused = || AuthError::Unauthenticated("invalid, expired or revoked API key");
         let (id, secret) = key
             .strip_prefix("thk_")
             .and_then(|rest| rest.split_once('_'))
             .ok_or_else(refused)?;
-        let record = self.inner.storage.get_api_key(id)?.ok_or_else(refused)?;
+        let record = self
+            .inner
+            .storage
+            .get_api_key(id)
+            .await?
+            .ok_or_else(refused)?;
         if record.secret_sha256 != sha256_hex(secret) {
             return Err(refused());
         }
-        principal_for_key(self.inner.storage.as_ref(), &record)?.ok_or_else(refused)
+        principal_for_key(self.inner.storage.as_ref(), &record)
+            .await?
+            .ok_or_else(refused)
     }
 
     pub async fn create_user(
@@ -428,7 +439,7 @@ impl Auth {
             role,
             created_at: Utc::now(),
         };
-        match self.inner.storage.put_user(&user, true) {
+        match self.inner.storage.put_user(&user, true).await {
             Ok(()) => Ok(user),
             Err(StorageError::Duplicate(name)) => Err(AuthError::Exists(format!("user {name}"))),
             Err(e) => Err(e.into()),
@@ -436,7 +447,7 @@ impl Auth {
     }
 
     /// Changes a user's role; it applies at once to the user's tokens and keys.
-    pub fn set_role(
+    pub async fn set_role(
         &self,
         by: &Principal,
         username: &str,
@@ -450,7 +461,8 @@ impl Auth {
         let mut user = self
             .inner
             .storage
-            .get_user(username)?
+            .get_user(username)
+            .await?
             .ok_or_else(|| AuthError::UserNotFound(username.to_owned()))?;
         if !policy::may_create_user(by, role) || !policy::may_create_user(by, user.role) {
             return Err(AuthError::Forbidden(
@@ -458,17 +470,17 @@ impl Auth {
             ));
         }
         user.role = role;
-        self.inner.storage.put_user(&user, false)?;
+        self.inner.storage.put_user(&user, false).await?;
         Ok(user)
     }
 
     /// Creates a key acting as `by`; returns its record and the key in clear (shown once).
     /// `access` says who may create each plugin's tasks, for keys that name a plugin.
-    pub fn create_api_key(
+    pub async fn create_api_key(
         &self,
         by: &Principal,
         request: ApiKeyRequest,
-        access: &dyn Fn(&str) -> PluginAccess,
+        access: &(dyn Fn(&str) -> PluginAccess + Sync),
     ) -> Result<(ApiKeyRecord, String), AuthError> {
         if request.name.trim().is_empty() || request.name.chars().count() > 128 {
             return Err(AuthError::Invalid("name must be 1-128 characters".into()));
@@ -547,26 +559,31 @@ impl Auth {
             expires_at: request.expires_at,
             revoked_at: None,
         };
-        self.inner.storage.put_api_key(&record)?;
+        self.inner.storage.put_api_key(&record).await?;
         Ok((record, format!("thk_{id}_{secret}")))
     }
 
     /// The caller's keys (an admin sees all).
-    pub fn list_api_keys(&self, by: &Principal) -> Result<Vec<ApiKeyRecord>, AuthError> {
+    pub async fn list_api_keys(&self, by: &Principal) -> Result<Vec<ApiKeyRecord>, AuthError> {
         let owner = (!policy::is_admin(by)).then_some(by.name.as_str());
-        Ok(self.inner.storage.list_api_keys(owner)?)
+        Ok(self.inner.storage.list_api_keys(owner).await?)
     }
 
-    pub fn revoke_api_key(&self, by: &Principal, id: &str) -> Result<ApiKeyRecord, AuthError> {
+    pub async fn revoke_api_key(
+        &self,
+        by: &Principal,
+        id: &str,
+    ) -> Result<ApiKeyRecord, AuthError> {
         let mut record = self
             .inner
             .storage
-            .get_api_key(id)?
+            .get_api_key(id)
+            .await?
             .filter(|r| policy::may_manage_key(by, &r.owner))
             .ok_or_else(|| AuthError::KeyNotFound(id.to_owned()))?;
         if record.revoked_at.is_none() {
             record.revoked_at = Some(Utc::now());
-            self.inner.storage.put_api_key(&record)?;
+            self.inner.storage.put_api_key(&record).await?;
         }
         Ok(record)
     }

@@ -32,19 +32,19 @@ impl EventFeed {
     }
 
     /// Published events after `after_seq`, of one task or of all, at most `limit`.
-    pub fn stored(
+    pub async fn stored(
         &self,
         task_id: Option<&str>,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
-        Ok(self.storage.events(task_id, after_seq, limit)?)
+        Ok(self.storage.events(task_id, after_seq, limit).await?)
     }
 
     /// How long one read of the store takes now; an error when it fails.
-    pub fn probe(&self) -> Result<Duration, EngineError> {
+    pub async fn probe(&self) -> Result<Duration, EngineError> {
         let started = Instant::now();
-        self.storage.get_task("health-probe")?;
+        self.storage.get_task("health-probe").await?;
         Ok(started.elapsed())
     }
 }

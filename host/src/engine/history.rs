@@ -14,9 +14,13 @@ impl Engine {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
-        self.load(principal, id)?;
-        self.inner.durability.sync().await?;
-        Ok(self.inner.storage.events(Some(id), after_seq, limit)?)
+        self.load(principal, id).await?;
+        self.inner.storage.sync().await?;
+        Ok(self
+            .inner
+            .storage
+            .events(Some(id), after_seq, limit)
+            .await?)
     }
 
     /// A task's log lines after `after_seq`, once the writes made before the call are
@@ -28,25 +32,25 @@ impl Engine {
         after_seq: u64,
         limit: usize,
     ) -> Result<(Task, Vec<LogEntry>), EngineError> {
-        self.inner.durability.sync().await?;
-        self.visible_logs(principal, id, after_seq, limit)
+        self.inner.storage.sync().await?;
+        self.visible_logs(principal, id, after_seq, limit).await
     }
 
     /// The log lines visible now, without waiting: for followers, which then take the rest
     /// from the live feed.
-    pub fn visible_logs(
+    pub async fn visible_logs(
         &self,
         principal: &Principal,
         id: &str,
         after_seq: u64,
         limit: usize,
     ) -> Result<(Task, Vec<LogEntry>), EngineError> {
-        let task = self.load(principal, id)?;
-        let logs = self.inner.storage.logs(id, after_seq, limit)?;
+        let task = self.load(principal, id).await?;
+        let logs = self.inner.storage.logs(id, after_seq, limit).await?;
         Ok((task, logs))
     }
 
-    pub fn records(
+    pub async fn records(
         &self,
         principal: &Principal,
         id: &str,
@@ -54,19 +58,23 @@ impl Engine {
         limit: usize,
         offset: usize,
     ) -> Result<(Vec<Record>, u64), EngineError> {
-        self.load(principal, id)?;
-        Ok(self.inner.storage.records(id, collection, limit, offset)?)
+        self.load(principal, id).await?;
+        Ok(self
+            .inner
+            .storage
+            .records(id, collection, limit, offset)
+            .await?)
     }
 
     /// Sends a message to the task's stream subscribers (stored as a `message` event).
-    pub fn post_message(
+    pub async fn post_message(
         &self,
         principal: &Principal,
         id: &str,
         kind: &str,
         data: Value,
     ) -> Result<Event, EngineError> {
-        let task = self.load(principal, id)?;
+        let task = self.load(principal, id).await?;
         if !policy::may_control(principal, &task) && !policy::may_report(principal, &task) {
             return Err(EngineError::Forbidden(format!(
                 "{} may not message task {id}",
@@ -78,24 +86,33 @@ impl Engine {
                 "message type must be 1-64 characters",
             ));
         }
-        let events = self.inner.storage.append_events(
-            &task,
-            &[EventData::Message {
-                message_type: kind.to_owned(),
-                data,
-            }],
-        )?;
+        let events = self
+            .inner
+            .storage
+            .append_events(
+                &task,
+                &[EventData::Message {
+                    message_type: kind.to_owned(),
+                    data,
+                }],
+            )
+            .await?;
         events
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::Storage(StorageError::Backend("no event stored".into())))
     }
 
-    pub fn stats(&self, principal: &Principal, query: StatsQuery) -> Result<Stats, EngineError> {
+    pub async fn stats(
+        &self,
+        principal: &Principal,
+        query: StatsQuery,
+    ) -> Result<Stats, EngineError> {
         stats::compute(
             self.inner.storage.as_ref(),
             &query,
             &policy::read_scope(principal),
         )
+        .await
     }
 }

@@ -52,7 +52,7 @@ use crate::policy::{self, PluginAccess};
 use crate::registry::{LoadedPlugin, PluginRegistry};
 use crate::runners::Runners;
 use crate::runtime::{TaskControl, TaskFailure};
-use crate::storage::{Durability, Storage, StorageError, TaskQuery};
+use crate::storage::{Storage, StorageError, TaskQuery};
 use scheduler::Scheduler;
 
 /// Engine settings.
@@ -131,7 +131,6 @@ pub(crate) struct Inner {
     storage: Arc<dyn Storage>,
     /// Seals the secret fields of task inputs.
     secrets: Arc<SecretBox>,
-    durability: Durability,
     registry: Arc<PluginRegistry>,
     config: EngineConfig,
     sched: Mutex<Scheduler>,
@@ -180,7 +179,6 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let inner = Arc::new(Inner {
             secrets,
-            durability: Durability::new(storage.clone()),
             storage,
             registry,
             config,
@@ -213,14 +211,14 @@ impl Engine {
 
     /// Why the store refuses writes for good, once it does (see [`store_failures`](Self::store_failures)).
     pub fn store_failure(&self) -> Option<String> {
-        self.inner.storage.commit_log().failure().borrow().clone()
+        self.inner.storage.failure().borrow().clone()
     }
 
     /// Becomes `Some(reason)` when the store refuses writes for good: nothing the host does
     /// from then on can be recorded, so the binary stops and a restart recovers from what is
     /// durable (runs interrupted go back to the queue).
     pub fn store_failures(&self) -> tokio::sync::watch::Receiver<Option<String>> {
-        self.inner.storage.commit_log().failure()
+        self.inner.storage.failure()
     }
 
     pub fn uptime(&self) -> Duration {
@@ -252,23 +250,25 @@ impl Engine {
 impl Inner {
     /// Who acts for `task` when it spawns children: the key that created it (cut down to its
     /// owner's current rights), or its owner's current role; `None` when either is gone.
-    fn acting_principal(&self, task: &Task) -> Result<Option<Principal>, StorageError> {
+    async fn acting_principal(&self, task: &Task) -> Result<Option<Principal>, StorageError> {
         match &task.created_via {
-            Some(key_id) => match self.storage.get_api_key(key_id)? {
+            Some(key_id) => match self.storage.get_api_key(key_id).await? {
                 Some(record) => principal_for_key(self.storage.as_ref(), &record)
+                    .await
                     .map_err(|e| StorageError::Backend(e.to_string())),
                 None => Ok(None),
             },
             None => Ok(self
                 .storage
-                .get_user(&task.owner)?
+                .get_user(&task.owner)
+                .await?
                 .map(|user| Principal::with_role(&user.username, user.role))),
         }
     }
 
     /// Reads a task, lets `change` edit it and name its events, and writes it back — retrying
     /// when someone else changed the task in between.
-    pub(crate) fn modify(
+    pub(crate) async fn modify(
         &self,
         id: &str,
         mut change: impl FnMut(&mut Task) -> Result<Vec<EventData>, EngineError>,
@@ -276,11 +276,16 @@ impl Inner {
         for _ in 0..16 {
             let stored = self
                 .storage
-                .get_task(id)?
+                .get_task(id)
+                .await?
                 .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
             let mut task = stored.clone();
             let events = change(&mut task)?;
-            match self.storage.update_task(&task, stored.status, &events) {
+            match self
+                .storage
+                .update_task(&task, stored.status, &events)
+                .await
+            {
                 Ok(events) => return Ok((task, events)),
                 Err(StorageError::StatusChanged { .. }) => continue,
                 Err(e) => return Err(e.into()),

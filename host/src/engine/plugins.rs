@@ -52,26 +52,32 @@ impl Engine {
         if self.inner.registry.get(name).is_none() {
             return Err(EngineError::PluginNotFound(name.to_owned()));
         }
-        let running: Vec<String> = self
+        let mut candidates = self
             .inner
             .storage
-            .task_ids_with_status(TaskStatus::Running)?
-            .into_iter()
-            .chain(
-                self.inner
-                    .storage
-                    .task_ids_with_status(TaskStatus::Paused)?,
-            )
-            .filter(|id| lock(&self.inner.running).contains_key(id))
-            .filter(|id| {
-                self.inner
-                    .storage
-                    .get_task(id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|t| t.plugin == name)
-            })
-            .collect();
+            .task_ids_with_status(TaskStatus::Running)
+            .await?;
+        candidates.extend(
+            self.inner
+                .storage
+                .task_ids_with_status(TaskStatus::Paused)
+                .await?,
+        );
+        candidates.retain(|id| lock(&self.inner.running).contains_key(id));
+        let mut running = Vec::new();
+        for id in candidates {
+            let of_this_plugin = self
+                .inner
+                .storage
+                .get_task(&id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.plugin == name);
+            if of_this_plugin {
+                running.push(id);
+            }
+        }
         if !running.is_empty() && !force {
             return Err(EngineError::Conflict(format!(
                 "{} task(s) of {name} are running; unload with force=true to cancel them",

@@ -9,20 +9,20 @@ use crate::storage::TaskQuery;
 
 impl Engine {
     /// Every queue, for a principal that may see host-wide figures.
-    pub fn queues(&self, principal: &Principal) -> Result<Vec<QueueInfo>, EngineError> {
+    pub async fn queues(&self, principal: &Principal) -> Result<Vec<QueueInfo>, EngineError> {
         if !policy::may_see_host_figures(principal) {
             return Err(EngineError::Forbidden(
                 "queue depths count every owner's tasks: an operator's view".into(),
             ));
         }
-        self.host_queues()
+        self.host_queues().await
     }
 
     /// Every loaded plugin's queue, and queues of tasks whose plugin is gone (for the
     /// operator's `/metrics` scrape and [`Engine::queues`]).
-    pub(crate) fn host_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
-        let counts = self.inner.storage.status_counts()?;
-        let paused = self.inner.storage.paused_queues()?;
+    pub(crate) async fn host_queues(&self) -> Result<Vec<QueueInfo>, EngineError> {
+        let counts = self.inner.storage.status_counts().await?;
+        let paused = self.inner.storage.paused_queues().await?;
         let mut names: Vec<String> = self
             .inner
             .registry
@@ -53,9 +53,14 @@ impl Engine {
             .collect())
     }
 
-    fn known_queue(&self, plugin: &str) -> Result<(), EngineError> {
+    async fn known_queue(&self, plugin: &str) -> Result<(), EngineError> {
         if self.inner.registry.get(plugin).is_some()
-            || self.inner.storage.status_counts()?.contains_key(plugin)
+            || self
+                .inner
+                .storage
+                .status_counts()
+                .await?
+                .contains_key(plugin)
         {
             Ok(())
         } else {
@@ -74,9 +79,9 @@ impl Engine {
                 "pausing queues needs plugins:manage".into(),
             ));
         }
-        self.known_queue(plugin)?;
-        self.inner.storage.set_queue_paused(plugin, paused)?;
-        self.inner.durability.sync().await?;
+        self.known_queue(plugin).await?;
+        self.inner.storage.set_queue_paused(plugin, paused).await?;
+        self.inner.storage.sync().await?;
         lock(&self.inner.sched).set_queue_paused(plugin, paused);
         self.inner.wake.notify_one();
         self.notify_system(
@@ -87,7 +92,8 @@ impl Engine {
             },
             json!({"plugin": plugin}),
         );
-        self.host_queues()?
+        self.host_queues()
+            .await?
             .into_iter()
             .find(|q| q.plugin == plugin)
             .ok_or_else(|| EngineError::PluginNotFound(plugin.to_owned()))
@@ -104,21 +110,21 @@ impl Engine {
                 "clearing queues needs plugins:manage".into(),
             ));
         }
-        self.known_queue(plugin)?;
+        self.known_queue(plugin).await?;
         let query = TaskQuery {
             status: Some(TaskStatus::Failed),
             plugin: Some(plugin.to_owned()),
             limit: usize::MAX,
             ..TaskQuery::default()
         };
-        let (failed, _) = self.inner.storage.list_tasks(&query)?;
+        let (failed, _) = self.inner.storage.list_tasks(&query).await?;
         let mut removed = 0;
         for task in failed {
-            if self.inner.storage.delete_task(&task.id)? {
+            if self.inner.storage.delete_task(&task.id).await? {
                 removed += 1;
             }
         }
-        self.inner.durability.sync().await?;
+        self.inner.storage.sync().await?;
         Ok(removed)
     }
 

@@ -76,19 +76,25 @@ impl TaskUpdate {
 
 impl Engine {
     /// Stores a log line a runner sent about a job of `job.task_id`, masked.
-    pub fn runner_log(&self, job: &JobContext, level: &str, line: &str) -> Result<(), EngineError> {
+    pub async fn runner_log(
+        &self,
+        job: &JobContext,
+        level: &str,
+        line: &str,
+    ) -> Result<(), EngineError> {
         let task = self
             .inner
             .storage
-            .get_task(&job.task_id)?
+            .get_task(&job.task_id)
+            .await?
             .ok_or_else(|| EngineError::TaskNotFound(job.task_id.clone()))?;
         let line = runners::keep_end(&redact(line, &job.secrets), runners::MAX_LINE_BYTES);
-        self.inner.storage.append_log(&task, level, &line)?;
+        self.inner.storage.append_log(&task, level, &line).await?;
         Ok(())
     }
 
     /// Records a step a runner finished, on the job and as a line in the task's log.
-    pub fn runner_step_finished(
+    pub async fn runner_step_finished(
         &self,
         runner_id: &str,
         job_id: &str,
@@ -113,12 +119,12 @@ impl Engine {
             .inner
             .runners
             .step_finished(runner_id, job_id, outcome)?;
-        self.runner_log(&context, level, &line)
+        self.runner_log(&context, level, &line).await
     }
 
     /// Ends a job with its runner's outcome; the task's log says how it ended and lists what
     /// the job left behind, so a client sees it without asking the runner.
-    pub fn runner_finish(
+    pub async fn runner_finish(
         &self,
         runner_id: &str,
         job_id: &str,
@@ -135,45 +141,48 @@ impl Engine {
                 "artifact {} ({} bytes, sha256 {})",
                 artifact.path, artifact.size_bytes, artifact.sha256
             );
-            self.runner_log(&context, "info", &line)?;
+            self.runner_log(&context, "info", &line).await?;
         }
         let status = serde_json::to_value(state.status).unwrap_or_default();
         let line = format!(
             "job {job_id} ended {} on runner {runner_id}",
             status.as_str().unwrap_or("")
         );
-        self.runner_log(&context, "info", &line)?;
+        self.runner_log(&context, "info", &line).await?;
         Ok(state)
     }
 
     /// Applies a runner's progress report to the job's task (while it runs), through the same
     /// checks as every other report.
-    pub fn runner_progress(
+    pub async fn runner_progress(
         &self,
         job: &JobContext,
         report: ProgressReport,
     ) -> Result<(), EngineError> {
         let report = report.masked(&job.secrets);
-        self.inner.modify(&job.task_id, |task| {
-            if task.status != TaskStatus::Running {
-                return Err(EngineError::Conflict(format!(
-                    "task {} is {}, not running",
-                    task.id,
-                    task.status.as_str()
-                )));
-            }
-            report.apply_to(&mut task.progress)?;
-            task.updated_at = Utc::now();
-            Ok(vec![EventData::Progress(task.progress.clone())])
-        })?;
+        self.inner
+            .modify(&job.task_id, |task| {
+                if task.status != TaskStatus::Running {
+                    return Err(EngineError::Conflict(format!(
+                        "task {} is {}, not running",
+                        task.id,
+                        task.status.as_str()
+                    )));
+                }
+                report.apply_to(&mut task.progress)?;
+                task.updated_at = Utc::now();
+                Ok(vec![EventData::Progress(task.progress.clone())])
+            })
+            .await?;
         Ok(())
     }
 
-    fn load_external(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+    async fn load_external(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
         let task = self
             .inner
             .storage
-            .get_task(id)?
+            .get_task(id)
+            .await?
             .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
         if !policy::may_find(principal, &task) {
             return Err(EngineError::TaskNotFound(id.to_owned()));
@@ -201,29 +210,32 @@ impl Engine {
         id: &str,
         report: ProgressReport,
     ) -> Result<Task, EngineError> {
-        self.load_external(principal, id)?;
-        let (task, _) = self.inner.modify(id, |task| {
-            let mut events = Vec::new();
-            if task.status == TaskStatus::Queued {
-                transition(task, TaskStatus::Running)?;
-                task.attempt += 1;
-                task.started_at = Some(Utc::now());
-                events.push(EventData::Started {
-                    attempt: task.attempt,
-                });
-            }
-            if task.status != TaskStatus::Running {
-                return Err(EngineError::Conflict(format!(
-                    "task {id} is {}; progress needs a running task",
-                    task.status
-                )));
-            }
-            report.apply_to(&mut task.progress)?;
-            task.updated_at = Utc::now();
-            events.push(EventData::Progress(task.progress.clone()));
-            Ok(events)
-        })?;
-        self.inner.durability.sync().await?;
+        self.load_external(principal, id).await?;
+        let (task, _) = self
+            .inner
+            .modify(id, |task| {
+                let mut events = Vec::new();
+                if task.status == TaskStatus::Queued {
+                    transition(task, TaskStatus::Running)?;
+                    task.attempt += 1;
+                    task.started_at = Some(Utc::now());
+                    events.push(EventData::Started {
+                        attempt: task.attempt,
+                    });
+                }
+                if task.status != TaskStatus::Running {
+                    return Err(EngineError::Conflict(format!(
+                        "task {id} is {}; progress needs a running task",
+                        task.status
+                    )));
+                }
+                report.apply_to(&mut task.progress)?;
+                task.updated_at = Utc::now();
+                events.push(EventData::Progress(task.progress.clone()));
+                Ok(events)
+            })
+            .await?;
+        self.inner.storage.sync().await?;
         Ok(task)
     }
 
@@ -234,69 +246,73 @@ impl Engine {
         id: &str,
         update: TaskUpdate,
     ) -> Result<Task, EngineError> {
-        self.load_external(principal, id)?;
+        self.load_external(principal, id).await?;
         update.check()?;
-        let (task, _) = self.inner.modify(id, |task| {
-            let mut events = Vec::new();
-            // Checked again under the write: it may have finished since it was loaded.
-            refuse_finished(task)?;
-            if let Some(next) = update.status
-                && next != task.status
-            {
-                let was = task.status;
-                transition(task, next)?;
-                let kind = match next {
-                    TaskStatus::Running if was == TaskStatus::Paused => EventKind::Resumed,
-                    TaskStatus::Running => {
-                        task.attempt += 1;
-                        task.started_at = Some(Utc::now());
-                        EventKind::Started
+        let (task, _) = self
+            .inner
+            .modify(id, |task| {
+                let mut events = Vec::new();
+                // Checked again under the write: it may have finished since it was loaded.
+                refuse_finished(task)?;
+                if let Some(next) = update.status
+                    && next != task.status
+                {
+                    let was = task.status;
+                    transition(task, next)?;
+                    let kind = match next {
+                        TaskStatus::Running if was == TaskStatus::Paused => EventKind::Resumed,
+                        TaskStatus::Running => {
+                            task.attempt += 1;
+                            task.started_at = Some(Utc::now());
+                            EventKind::Started
+                        }
+                        TaskStatus::Paused => EventKind::Paused,
+                        TaskStatus::Completed => EventKind::Completed,
+                        TaskStatus::Failed => EventKind::Failed,
+                        TaskStatus::Cancelled => EventKind::Cancelled,
+                        TaskStatus::Queued | TaskStatus::Scheduled => EventKind::Queued,
+                    };
+                    if next == TaskStatus::Failed && update.error.is_none() && task.error.is_none()
+                    {
+                        task.error = Some(TaskFailure::new(
+                            "EXTERNAL_FAILURE",
+                            "reported as failed",
+                            false,
+                        ));
                     }
-                    TaskStatus::Paused => EventKind::Paused,
-                    TaskStatus::Completed => EventKind::Completed,
-                    TaskStatus::Failed => EventKind::Failed,
-                    TaskStatus::Cancelled => EventKind::Cancelled,
-                    TaskStatus::Queued | TaskStatus::Scheduled => EventKind::Queued,
-                };
-                if next == TaskStatus::Failed && update.error.is_none() && task.error.is_none() {
+                    events.push(EventData::Reported {
+                        kind,
+                        status: next,
+                        attempt: task.attempt,
+                    });
+                }
+                if let Some(progress) = &update.progress {
+                    progress.apply_to(&mut task.progress)?;
+                    events.push(EventData::Progress(task.progress.clone()));
+                }
+                if let Some(result) = &update.result {
+                    task.result = Some(result.clone());
+                }
+                if let Some(error) = &update.error {
                     task.error = Some(TaskFailure::new(
-                        "EXTERNAL_FAILURE",
-                        "reported as failed",
-                        false,
+                        &error.code,
+                        error.message.clone(),
+                        error.retryable,
                     ));
                 }
-                events.push(EventData::Reported {
-                    kind,
-                    status: next,
-                    attempt: task.attempt,
-                });
-            }
-            if let Some(progress) = &update.progress {
-                progress.apply_to(&mut task.progress)?;
-                events.push(EventData::Progress(task.progress.clone()));
-            }
-            if let Some(result) = &update.result {
-                task.result = Some(result.clone());
-            }
-            if let Some(error) = &update.error {
-                task.error = Some(TaskFailure::new(
-                    &error.code,
-                    error.message.clone(),
-                    error.retryable,
-                ));
-            }
-            if task.status == TaskStatus::Completed
-                && let (Some(total), None) = (task.progress.total, task.progress.processed)
-            {
-                task.progress.processed = Some(total);
-                task.progress.refresh_percentage();
-            }
-            task.updated_at = Utc::now();
-            Ok(events)
-        })?;
-        self.inner.durability.sync().await?;
+                if task.status == TaskStatus::Completed
+                    && let (Some(total), None) = (task.progress.total, task.progress.processed)
+                {
+                    task.progress.processed = Some(total);
+                    task.progress.refresh_percentage();
+                }
+                task.updated_at = Utc::now();
+                Ok(events)
+            })
+            .await?;
+        self.inner.storage.sync().await?;
         if task.status.is_terminal() {
-            self.inner.on_terminal(&task);
+            self.inner.on_terminal(&task).await;
         }
         Ok(task)
     }

@@ -81,7 +81,11 @@ async fn sweep(inner: &Arc<Inner>, config: &RetentionConfig) {
     let mut total = 0;
     loop {
         let storage = inner.storage.clone();
-        let pruned = tokio::task::spawn_blocking(move || storage.prune(before, keep, batch)).await;
+        let runtime = tokio::runtime::Handle::current();
+        let pruned = tokio::task::spawn_blocking(move || {
+            runtime.block_on(storage.prune(before, keep, batch))
+        })
+        .await;
         match pruned {
             Ok(Ok(n)) => {
                 total += n;

@@ -63,6 +63,14 @@ impl Scheduler {
         }
     }
 
+    /// Forgets that `id` waits on anything (its waits are about to be decided again).
+    pub fn unwait(&mut self, id: &str) {
+        self.waiting.retain(|_, dependents| {
+            dependents.remove(id);
+            !dependents.is_empty()
+        });
+    }
+
     /// Tasks that waited on `dependency`; they are no longer recorded as waiting on it.
     pub fn take_dependents(&mut self, dependency: &str) -> BTreeSet<String> {
         self.waiting.remove(dependency).unwrap_or_default()

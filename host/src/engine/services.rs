@@ -108,7 +108,7 @@ impl EngineServices {
     }
 
     /// How many ancestors this task has (stops counting past the limit).
-    fn depth(&self) -> usize {
+    async fn depth(&self) -> usize {
         let mut depth = 0;
         let mut parent = self.task.parent_id.clone();
         while let Some(id) = parent {
@@ -116,7 +116,7 @@ impl EngineServices {
             if depth >= MAX_TREE_DEPTH {
                 break;
             }
-            parent = match self.inner.storage.get_task(&id) {
+            parent = match self.inner.storage.get_task(&id).await {
                 Ok(Some(task)) => task.parent_id,
                 _ => None,
             };
@@ -124,23 +124,26 @@ impl EngineServices {
         depth
     }
 
-    fn set_paused(&self, paused: bool) {
+    async fn set_paused(&self, paused: bool) {
         let (from, to) = if paused {
             (TaskStatus::Running, TaskStatus::Paused)
         } else {
             (TaskStatus::Paused, TaskStatus::Running)
         };
-        let result = self.inner.modify(&self.task.id, |task| {
-            if task.status != from {
-                return Err(EngineError::Conflict(String::new()));
-            }
-            transition(task, to)?;
-            Ok(vec![if paused {
-                EventData::Paused
-            } else {
-                EventData::Resumed { status: to }
-            }])
-        });
+        let result = self
+            .inner
+            .modify(&self.task.id, |task| {
+                if task.status != from {
+                    return Err(EngineError::Conflict(String::new()));
+                }
+                transition(task, to)?;
+                Ok(vec![if paused {
+                    EventData::Paused
+                } else {
+                    EventData::Resumed { status: to }
+                }])
+            })
+            .await;
         if let Err(e) = result
             && !matches!(e, EngineError::Conflict(_))
         {
@@ -178,14 +181,17 @@ impl TaskServices for EngineServices {
             metrics: (!progress.metrics.is_empty()).then(|| progress.metrics.into_iter().collect()),
         }
         .masked(&self.secrets);
-        let result = self.inner.modify(&self.task.id, |task| {
-            if task.status != TaskStatus::Running {
-                return Err(EngineError::Conflict(String::new()));
-            }
-            report.apply_to(&mut task.progress)?;
-            task.updated_at = Utc::now();
-            Ok(vec![EventData::Progress(task.progress.clone())])
-        });
+        let result = self
+            .inner
+            .modify(&self.task.id, |task| {
+                if task.status != TaskStatus::Running {
+                    return Err(EngineError::Conflict(String::new()));
+                }
+                report.apply_to(&mut task.progress)?;
+                task.updated_at = Utc::now();
+                Ok(vec![EventData::Progress(task.progress.clone())])
+            })
+            .await;
         match result {
             Ok(_) | Err(EngineError::Conflict(_)) => {}
             // Refused, not dropped silently: the task's log says why.
@@ -206,6 +212,7 @@ impl TaskServices for EngineServices {
             .inner
             .storage
             .append_log(&self.task, level_name(level), &message)
+            .await
         {
             warn!(task = %self.task.id, error = %e, "could not store a log line");
         }
@@ -227,6 +234,7 @@ impl TaskServices for EngineServices {
         self.inner
             .storage
             .put_record(&self.task.id, &record)
+            .await
             .map_err(|e| self.storage_failure(e))
     }
 
@@ -234,6 +242,7 @@ impl TaskServices for EngineServices {
         self.inner
             .storage
             .kv_get(&self.task.plugin, &key)
+            .await
             .map_err(|e| self.storage_failure(e))
     }
 
@@ -241,6 +250,7 @@ impl TaskServices for EngineServices {
         self.inner
             .storage
             .kv_set(&self.task.plugin, &key, &value)
+            .await
             .map_err(|e| self.storage_failure(e))
     }
 
@@ -248,6 +258,7 @@ impl TaskServices for EngineServices {
         self.inner
             .storage
             .kv_delete(&self.task.plugin, &key)
+            .await
             .map_err(|e| self.storage_failure(e))
     }
 
@@ -255,15 +266,16 @@ impl TaskServices for EngineServices {
         self.inner
             .storage
             .kv_list(&self.task.plugin, &prefix, limit as usize)
+            .await
             .map_err(|e| self.storage_failure(e))
     }
 
     async fn paused(&self) {
-        self.set_paused(true);
+        self.set_paused(true).await;
     }
 
     async fn resumed(&self) {
-        self.set_paused(false);
+        self.set_paused(false).await;
     }
 
     async fn spawn(&self, request: SpawnRequest) -> Result<String, HostError> {
@@ -278,7 +290,7 @@ impl TaskServices for EngineServices {
         }
         let input = serde_json::from_str(&request.input)
             .map_err(|e| host_error(ErrorKind::Invalid, format!("child input is not JSON: {e}")))?;
-        if self.depth() >= MAX_TREE_DEPTH {
+        if self.depth().await >= MAX_TREE_DEPTH {
             return Err(host_error(
                 ErrorKind::LimitExceeded,
                 format!("a task tree is at most {MAX_TREE_DEPTH} levels deep"),
@@ -289,6 +301,7 @@ impl TaskServices for EngineServices {
         let owner = self
             .inner
             .acting_principal(&self.task)
+            .await
             .map_err(|e| self.storage_failure(e))?
             .ok_or_else(|| {
                 host_error(
@@ -339,6 +352,7 @@ impl TaskServices for EngineServices {
             .inner
             .storage
             .get_task(&id)
+            .await
             .map_err(|e| self.storage_failure(e))?
             .filter(|child| child.parent_id.as_deref() == Some(self.task.id.as_str()))
             .ok_or_else(|| {

@@ -152,7 +152,7 @@ fn from_cells(cells: Vec<Cell>, scope: &ReadScope, project: Option<&str>) -> Sta
     stats
 }
 
-pub(super) fn compute(
+pub(super) async fn compute(
     storage: &dyn Storage,
     query: &StatsQuery,
     scope: &ReadScope,
@@ -169,7 +169,7 @@ pub(super) fn compute(
             stats.overall.finish();
             return Ok(stats);
         }
-        let cells = storage.stat_cells(scope.owner.as_deref())?;
+        let cells = storage.stat_cells(scope.owner.as_deref()).await?;
         return Ok(from_cells(cells, scope, project));
     }
     let mut listing = TaskQuery {
@@ -185,7 +185,7 @@ pub(super) fn compute(
         stats.overall.finish();
         return Ok(stats);
     }
-    let (tasks, _) = storage.list_tasks(&listing)?;
+    let (tasks, _) = storage.list_tasks(&listing).await?;
     let mut days: BTreeMap<String, Day> = BTreeMap::new();
     for task in &tasks {
         stats.overall.add(task);
@@ -255,7 +255,7 @@ mod tests {
                 t.started_at = Some(t.created_at);
                 t.finished_at = Some(t.created_at + chrono::Duration::milliseconds(100 * n));
             }
-            store.create_task(&t, &[]).expect("created");
+            store.create_task(&t, &[]).await.expect("created");
         }
         let all = ReadScope {
             owner: None,
@@ -288,8 +288,8 @@ mod tests {
                 created_after: Some(DateTime::<Utc>::UNIX_EPOCH),
                 ..StatsQuery::default()
             };
-            let cells = compute(&store, &from_cells, scope).expect("stats");
-            let tasks = compute(&store, &from_tasks, scope).expect("stats");
+            let cells = compute(&store, &from_cells, scope).await.expect("stats");
+            let tasks = compute(&store, &from_tasks, scope).await.expect("stats");
             assert_eq!(
                 serde_json::to_value(&cells).expect("json"),
                 serde_json::to_value(&tasks).expect("json"),

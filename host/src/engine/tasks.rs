@@ -4,11 +4,12 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn load(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+    pub(super) async fn load(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
         let task = self
             .inner
             .storage
-            .get_task(id)?
+            .get_task(id)
+            .await?
             .ok_or_else(|| EngineError::TaskNotFound(id.to_owned()))?;
         // A task the caller may not read does not exist for it.
         if !policy::may_read(principal, &task) {
@@ -18,13 +19,13 @@ impl Engine {
     }
 
     /// Loads a task the principal may cancel, pause, resume or retry.
-    pub(super) fn load_for_control(
+    pub(super) async fn load_for_control(
         &self,
         principal: &Principal,
         id: &str,
         verb: &str,
     ) -> Result<Task, EngineError> {
-        let task = self.load(principal, id)?;
+        let task = self.load(principal, id).await?;
         if !policy::may_control(principal, &task) {
             return Err(EngineError::Forbidden(format!(
                 "{} may not {verb} task {id}",
@@ -43,13 +44,13 @@ impl Engine {
         from: TaskStatus,
     ) -> Result<Task, EngineError> {
         for _ in 0..50 {
-            let current = self.load(principal, id)?;
+            let current = self.load(principal, id).await?;
             if current.status != from {
                 return Ok(current);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.load(principal, id)
+        self.load(principal, id).await
     }
 
     /// Validates and stores a new task, then schedules it. Returns once the task is durable.
@@ -143,6 +144,7 @@ impl Engine {
         self.inner
             .storage
             .create_task(&task, &[created, second])
+            .await
             .map_err(|e| match e {
                 StorageError::Duplicate(id) => {
                     EngineError::Conflict(format!("task {id} already exists"))
@@ -151,20 +153,20 @@ impl Engine {
             })?;
         // The store holds the task even when it cannot confirm it is durable (it may become
         // so on a later flush), so it is scheduled either way rather than left unseen.
-        let synced = self.inner.durability.sync().await;
-        if let Some(updated) = self.inner.schedule(&task)? {
+        let synced = self.inner.storage.sync().await;
+        if let Some(updated) = self.inner.schedule(&task).await? {
             task = updated;
         }
         synced?;
         Ok(task)
     }
 
-    pub fn get(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        self.load(principal, id)
+    pub async fn get(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+        self.load(principal, id).await
     }
 
     /// A page of tasks the principal may read.
-    pub fn list(
+    pub async fn list(
         &self,
         principal: &Principal,
         mut query: TaskQuery,
@@ -172,7 +174,7 @@ impl Engine {
         if !query.narrow_to(&policy::read_scope(principal)) {
             return Ok((Vec::new(), 0));
         }
-        Ok(self.inner.storage.list_tasks(&query)?)
+        Ok(self.inner.storage.list_tasks(&query).await?)
     }
 
     /// Who may create tasks of `plugin`, from its grants (open when it is not loaded).
@@ -188,7 +190,7 @@ impl Engine {
     /// Cancels a task. A running plugin is asked to stop, then killed after the grace period;
     /// this returns once the task is cancelled (or has ended otherwise).
     pub async fn cancel(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load_for_control(principal, id, "cancel")?;
+        let task = self.load_for_control(principal, id, "cancel").await?;
         if task.status.is_terminal() {
             return Err(EngineError::Conflict(format!(
                 "task {id} is already {}",
@@ -216,6 +218,7 @@ impl Engine {
                                     .inner
                                     .storage
                                     .get_task(id)
+                                    .await
                                     .ok()
                                     .flatten()
                                     .is_some_and(|t| t.status.is_terminal())
@@ -228,18 +231,21 @@ impl Engine {
                     }
                 };
                 let _ = tokio::time::timeout(grace + Duration::from_secs(2), ended).await;
-                self.load(principal, id)
+                self.load(principal, id).await
             }
             None => {
-                let (task, _) = self.inner.modify(id, |task| {
-                    transition(task, TaskStatus::Cancelled)?;
-                    Ok(vec![EventData::Cancelled {
-                        reason: "cancelled by request".into(),
-                    }])
-                })?;
+                let (task, _) = self
+                    .inner
+                    .modify(id, |task| {
+                        transition(task, TaskStatus::Cancelled)?;
+                        Ok(vec![EventData::Cancelled {
+                            reason: "cancelled by request".into(),
+                        }])
+                    })
+                    .await?;
                 lock(&self.inner.sched).remove(id);
-                self.inner.durability.sync().await?;
-                self.inner.on_terminal(&task);
+                self.inner.storage.sync().await?;
+                self.inner.on_terminal(&task).await;
                 Ok(task)
             }
         }
@@ -247,7 +253,7 @@ impl Engine {
 
     /// Pauses a task: a running plugin at its next checkpoint, a waiting task at once.
     pub async fn pause(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        self.load_for_control(principal, id, "pause")?;
+        self.load_for_control(principal, id, "pause").await?;
         let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
         if let Some(control) = control {
             if !control.pause() {
@@ -258,17 +264,20 @@ impl Engine {
                 .await_status_change(principal, id, TaskStatus::Running)
                 .await;
         }
-        let (task, _) = self.inner.modify(id, |task| {
-            transition(task, TaskStatus::Paused)?;
-            Ok(vec![EventData::Paused])
-        })?;
+        let (task, _) = self
+            .inner
+            .modify(id, |task| {
+                transition(task, TaskStatus::Paused)?;
+                Ok(vec![EventData::Paused])
+            })
+            .await?;
         lock(&self.inner.sched).remove(id);
-        self.inner.durability.sync().await?;
+        self.inner.storage.sync().await?;
         Ok(task)
     }
 
     pub async fn resume(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load_for_control(principal, id, "resume")?;
+        let task = self.load_for_control(principal, id, "resume").await?;
         if task.status != TaskStatus::Paused {
             return Err(EngineError::Conflict(format!(
                 "task {id} is {}, not paused",
@@ -287,37 +296,43 @@ impl Engine {
         } else {
             TaskStatus::Queued
         };
-        let (task, _) = self.inner.modify(id, |task| {
-            transition(task, next)?;
-            Ok(vec![EventData::Resumed { status: next }])
-        })?;
-        self.inner.durability.sync().await?;
-        Ok(self.inner.schedule(&task)?.unwrap_or(task))
+        let (task, _) = self
+            .inner
+            .modify(id, |task| {
+                transition(task, next)?;
+                Ok(vec![EventData::Resumed { status: next }])
+            })
+            .await?;
+        self.inner.storage.sync().await?;
+        Ok(self.inner.schedule(&task).await?.unwrap_or(task))
     }
 
     /// Runs a failed or cancelled task again from its first attempt.
     pub async fn retry(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
-        let task = self.load_for_control(principal, id, "retry")?;
+        let task = self.load_for_control(principal, id, "retry").await?;
         if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
             return Err(EngineError::Conflict(format!(
                 "only failed or cancelled tasks can be retried; task {id} is {}",
                 task.status
             )));
         }
-        let (task, _) = self.inner.modify(id, |task| {
-            transition(task, TaskStatus::Queued)?;
-            task.attempt = 0;
-            task.error = None;
-            task.result = None;
-            task.finished_at = None;
-            task.scheduled_at = None;
-            Ok(vec![EventData::Queued {
-                status: TaskStatus::Queued,
-                scheduled_at: None,
-                cause: QueueCause::Retry,
-            }])
-        })?;
-        self.inner.durability.sync().await?;
-        Ok(self.inner.schedule(&task)?.unwrap_or(task))
+        let (task, _) = self
+            .inner
+            .modify(id, |task| {
+                transition(task, TaskStatus::Queued)?;
+                task.attempt = 0;
+                task.error = None;
+                task.result = None;
+                task.finished_at = None;
+                task.scheduled_at = None;
+                Ok(vec![EventData::Queued {
+                    status: TaskStatus::Queued,
+                    scheduled_at: None,
+                    cause: QueueCause::Retry,
+                }])
+            })
+            .await?;
+        self.inner.storage.sync().await?;
+        Ok(self.inner.schedule(&task).await?.unwrap_or(task))
     }
 }

@@ -103,7 +103,8 @@ impl Engine {
                 && self
                     .inner
                     .storage
-                    .get_task(dependency)?
+                    .get_task(dependency)
+                    .await?
                     .is_some_and(|task| policy::may_read(principal, &task));
             if !readable {
                 return Err(EngineError::Validation {

@@ -26,14 +26,18 @@ impl Inner {
     /// Brings storage and the scheduler in line after a start: runs a crash interrupted go
     /// back to the queue (or fail when out of attempts), waiting tasks are scheduled again.
     pub(super) async fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
-        for paused in self.storage.paused_queues()? {
+        for paused in self.storage.paused_queues().await? {
             lock(&self.sched).set_queue_paused(&paused, true);
         }
         let mut requeued = 0usize;
         // Runs a crash interrupted. A paused task stays paused (its owner asked for that);
         // resuming it queues it again.
-        for id in self.storage.task_ids_with_status(TaskStatus::Running)? {
-            let Some(task) = self.storage.get_task(&id)? else {
+        for id in self
+            .storage
+            .task_ids_with_status(TaskStatus::Running)
+            .await?
+        {
+            let Some(task) = self.storage.get_task(&id).await? else {
                 continue;
             };
             if task.executor == Executor::External {
@@ -57,15 +61,16 @@ impl Inner {
                         cause: QueueCause::Requeued("the host restarted during the run".into()),
                     }])
                 }
-            })?;
+            })
+            .await?;
             requeued += 1;
         }
-        self.durability.sync().await?;
+        self.storage.sync().await?;
         // Scheduling a queued task also settles its dependencies (ready, waiting or failed).
         for status in [TaskStatus::Scheduled, TaskStatus::Queued] {
-            for id in self.storage.task_ids_with_status(status)? {
-                if let Some(task) = self.storage.get_task(&id)? {
-                    self.schedule(&task)?;
+            for id in self.storage.task_ids_with_status(status).await? {
+                if let Some(task) = self.storage.get_task(&id).await? {
+                    self.schedule(&task).await?;
                 }
             }
         }
@@ -82,8 +87,8 @@ impl Inner {
             }
             // A store that refuses writes for good cannot record a start: nothing is taken
             // off the queue until a restart.
-            if self.storage.commit_log().check_writable().is_ok() {
-                self.promote_due();
+            if self.storage.check_writable().is_ok() {
+                self.promote_due().await;
                 self.start_ready();
             }
             let wait =
@@ -103,21 +108,23 @@ impl Inner {
     }
 
     /// Scheduled tasks whose time has come become queued.
-    fn promote_due(self: &Arc<Self>) {
+    async fn promote_due(self: &Arc<Self>) {
         let due = lock(&self.sched).take_due(Utc::now().timestamp_millis());
         for (id, _) in due {
-            let promoted = self.modify(&id, |task| {
-                transition(task, TaskStatus::Queued)?;
-                task.scheduled_at = None;
-                Ok(vec![EventData::Queued {
-                    status: TaskStatus::Queued,
-                    scheduled_at: None,
-                    cause: QueueCause::Created,
-                }])
-            });
+            let promoted = self
+                .modify(&id, |task| {
+                    transition(task, TaskStatus::Queued)?;
+                    task.scheduled_at = None;
+                    Ok(vec![EventData::Queued {
+                        status: TaskStatus::Queued,
+                        scheduled_at: None,
+                        cause: QueueCause::Created,
+                    }])
+                })
+                .await;
             match promoted {
                 Ok((task, _)) => {
-                    if let Err(e) = self.schedule(&task) {
+                    if let Err(e) = self.schedule(&task).await {
                         warn!(task = %id, error = %e, "could not queue a due task");
                     }
                 }
@@ -167,15 +174,17 @@ impl Inner {
     }
 
     async fn run_task(self: Arc<Self>, id: String, plugin_name: String, control: TaskControl) {
-        let started = self.modify(&id, |task| {
-            transition(task, TaskStatus::Running)?;
-            task.attempt += 1;
-            task.started_at = Some(Utc::now());
-            task.error = None;
-            Ok(vec![EventData::Started {
-                attempt: task.attempt,
-            }])
-        });
+        let started = self
+            .modify(&id, |task| {
+                transition(task, TaskStatus::Running)?;
+                task.attempt += 1;
+                task.started_at = Some(Utc::now());
+                task.error = None;
+                Ok(vec![EventData::Started {
+                    attempt: task.attempt,
+                }])
+            })
+            .await;
         let task = match started {
             Ok((task, _)) => task,
             // Cancelled or paused between being picked and starting: nothing to run.
@@ -256,9 +265,9 @@ impl Inner {
             let mut delay = STORE_RETRY_FIRST;
             while !inner.stopping.load(Ordering::Acquire) {
                 tokio::time::sleep(delay).await;
-                match inner.storage.get_task(&id) {
+                match inner.storage.get_task(&id).await {
                     Ok(Some(task)) => {
-                        if let Err(e) = inner.schedule(&task) {
+                        if let Err(e) = inner.schedule(&task).await {
                             warn!(task = %id, error = %e, "could not queue a task again");
                         }
                         return;
@@ -302,10 +311,10 @@ impl Inner {
         // then stops and recovery puts the run back) or the host stops (the same).
         let mut delay = STORE_RETRY_FIRST;
         let result = loop {
-            match self.record_outcome(&id, &outcome, directive) {
+            match self.record_outcome(&id, &outcome, directive).await {
                 Err(EngineError::Storage(e))
                     if !self.stopping.load(Ordering::Acquire)
-                        && self.storage.commit_log().check_writable().is_ok() =>
+                        && self.storage.check_writable().is_ok() =>
                 {
                     error!(task = %id, error = %e, "could not record the end of a run; trying again");
                     tokio::time::sleep(delay).await;
@@ -325,18 +334,18 @@ impl Inner {
             TaskStatus::Scheduled | TaskStatus::Queued
                 if !self.stopping.load(Ordering::Acquire) =>
             {
-                if let Err(e) = self.schedule(&task) {
+                if let Err(e) = self.schedule(&task).await {
                     warn!(task = %id, error = %e, "could not reschedule task");
                 }
             }
-            status if status.is_terminal() => self.on_terminal(&task),
+            status if status.is_terminal() => self.on_terminal(&task).await,
             _ => {}
         }
         self.wake.notify_one();
     }
 
     /// Writes how a run ended: completed, retried, failed, cancelled, or back in the queue.
-    fn record_outcome(
+    async fn record_outcome(
         self: &Arc<Self>,
         id: &str,
         outcome: &RunOutcome,
@@ -398,6 +407,7 @@ impl Inner {
                 }
             }
         })
+        .await
     }
 
     pub(super) async fn shutdown(self: &Arc<Self>) {
@@ -428,7 +438,7 @@ impl Inner {
         while !lock(&self.running).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Err(e) = self.durability.sync().await {
+        if let Err(e) = self.storage.sync().await {
             error!(error = %e, "final flush failed");
         }
         info!(

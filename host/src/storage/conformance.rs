@@ -1,7 +1,7 @@
 //! The storage conformance suite: the contract atop [`super`], as tests any backend must pass.
 //! A backend's own test module implements [`Backend`] (open a fresh store, and reopen the same
 //! one as a restart would) and calls [`run_all`]; sled runs it in its unit tests, the
-//! PostgreSQL backend will run the same suite unchanged.
+//! PostgreSQL backend runs the same suite unchanged.
 //!
 //! Listings are checked against a model: every query is also answered by filtering and
 //! sorting all tasks in memory, and the store must return the same page and the same total.
@@ -17,15 +17,15 @@ use super::{SortField, Storage, StorageError, TaskQuery};
 use crate::model::{EventData, EventKind, QueueCause, Record, Task, TaskProgress, TaskStatus};
 
 /// A backend under test.
-pub trait Backend {
+pub(crate) trait Backend {
     /// The store, opened on this backend's (initially empty) data.
-    fn open(&mut self) -> Arc<dyn Storage>;
+    async fn open(&mut self) -> Arc<dyn Storage>;
     /// Closes `store` as a restart would (after `sync`) and opens the same data again.
-    fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage>;
+    async fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage>;
 }
 
 /// Runs every conformance check, each on a fresh store from `new_backend`.
-pub async fn run_all<B: Backend>(mut new_backend: impl FnMut() -> B) {
+pub(crate) async fn run_all<B: Backend>(mut new_backend: impl FnMut() -> B) {
     a_task_its_counters_and_events_commit_together(&mut new_backend()).await;
     a_refused_write_changes_nothing(&mut new_backend()).await;
     seqs_rise_strictly_and_subscribers_see_them_in_order(&mut new_backend()).await;
@@ -87,9 +87,10 @@ fn created() -> Vec<EventData> {
     ]
 }
 
-fn count(store: &dyn Storage, plugin: &str, status: TaskStatus) -> u64 {
+async fn count(store: &dyn Storage, plugin: &str, status: TaskStatus) -> u64 {
     store
         .status_counts()
+        .await
         .expect("counts")
         .get(plugin)
         .and_then(|c| c.get(&status).copied())
@@ -97,24 +98,26 @@ fn count(store: &dyn Storage, plugin: &str, status: TaskStatus) -> u64 {
 }
 
 async fn a_task_its_counters_and_events_commit_together(backend: &mut impl Backend) {
-    let store = backend.open();
+    let store = backend.open().await;
     let mut t = task("a", "p", "alice", TaskStatus::Queued, 0);
-    let events = store.create_task(&t, &created()).expect("created");
+    let events = store.create_task(&t, &created()).await.expect("created");
     assert_eq!(events.len(), 2);
-    store.commit_log().sync().await.expect("durable");
-    assert_eq!(store.get_task("a").expect("read"), Some(t.clone()));
-    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 1);
+    store.sync().await.expect("durable");
+    assert_eq!(store.get_task("a").await.expect("read"), Some(t.clone()));
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued).await, 1);
 
     t.status = TaskStatus::Running;
     t.attempt = 1;
     store
         .update_task(&t, TaskStatus::Queued, &[EventData::Started { attempt: 1 }])
+        .await
         .expect("started");
-    store.commit_log().sync().await.expect("durable");
-    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 0);
-    assert_eq!(count(store.as_ref(), "p", TaskStatus::Running), 1);
+    store.sync().await.expect("durable");
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued).await, 0);
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Running).await, 1);
     let kinds: Vec<EventKind> = store
         .events(Some("a"), 0, 100)
+        .await
         .expect("events")
         .iter()
         .map(|e| e.kind())
@@ -126,53 +129,57 @@ async fn a_task_its_counters_and_events_commit_together(backend: &mut impl Backe
     assert_eq!(
         store
             .task_ids_with_status(TaskStatus::Running)
+            .await
             .expect("index"),
         ["a"]
     );
     assert!(
         store
             .task_ids_with_status(TaskStatus::Queued)
+            .await
             .expect("index")
             .is_empty()
     );
 }
 
 async fn a_refused_write_changes_nothing(backend: &mut impl Backend) {
-    let store = backend.open();
+    let store = backend.open().await;
     let t = task("dup", "p", "alice", TaskStatus::Queued, 0);
-    store.create_task(&t, &created()).expect("created");
-    store.commit_log().sync().await.expect("durable");
+    store.create_task(&t, &created()).await.expect("created");
+    store.sync().await.expect("durable");
     let last = store.last_seq();
 
     let mut other = t.clone();
     other.plugin = "q".into();
     assert!(matches!(
-        store.create_task(&other, &created()),
+        store.create_task(&other, &created()).await,
         Err(StorageError::Duplicate(_))
     ));
     let mut moved = t.clone();
     moved.status = TaskStatus::Completed;
     assert!(matches!(
-        store.update_task(&moved, TaskStatus::Running, &created()),
+        store
+            .update_task(&moved, TaskStatus::Running, &created())
+            .await,
         Err(StorageError::StatusChanged { .. })
     ));
-    store.commit_log().sync().await.expect("durable");
-    assert_eq!(store.get_task("dup").expect("read"), Some(t));
+    store.sync().await.expect("durable");
+    assert_eq!(store.get_task("dup").await.expect("read"), Some(t));
     assert_eq!(store.last_seq(), last, "no event of a refused write");
-    assert_eq!(count(store.as_ref(), "q", TaskStatus::Queued), 0);
-    assert_eq!(count(store.as_ref(), "p", TaskStatus::Completed), 0);
-    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued), 1);
+    assert_eq!(count(store.as_ref(), "q", TaskStatus::Queued).await, 0);
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Completed).await, 0);
+    assert_eq!(count(store.as_ref(), "p", TaskStatus::Queued).await, 1);
 }
 
 async fn seqs_rise_strictly_and_subscribers_see_them_in_order(backend: &mut impl Backend) {
-    let store = backend.open();
+    let store = backend.open().await;
     let mut live = store.subscribe();
     for n in 0..50 {
         let t = task(&format!("s{n:02}"), "p", "alice", TaskStatus::Queued, n);
-        store.create_task(&t, &created()).expect("created");
+        store.create_task(&t, &created()).await.expect("created");
     }
-    store.commit_log().sync().await.expect("durable");
-    let stored = store.events(None, 0, 1000).expect("events");
+    store.sync().await.expect("durable");
+    let stored = store.events(None, 0, 1000).await.expect("events");
     assert_eq!(stored.len(), 100);
     assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(store.last_seq(), stored[99].seq);
@@ -180,7 +187,10 @@ async fn seqs_rise_strictly_and_subscribers_see_them_in_order(backend: &mut impl
         let event = live.try_recv().expect("published once durable");
         assert_eq!(event.seq, expected.seq);
     }
-    let after = store.events(None, stored[49].seq, 10).expect("events");
+    let after = store
+        .events(None, stored[49].seq, 10)
+        .await
+        .expect("events");
     assert_eq!(after.first().map(|e| e.seq), Some(stored[50].seq));
     assert_eq!(after.len(), 10);
 }
@@ -212,7 +222,7 @@ fn model(tasks: &[Task], query: &TaskQuery) -> (Vec<String>, u64) {
 }
 
 async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut impl Backend) {
-    let store = backend.open();
+    let store = backend.open().await;
     let statuses = [
         TaskStatus::Queued,
         TaskStatus::Running,
@@ -232,7 +242,7 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
         if n % 4 == 0 {
             t.labels.insert("project".into(), format!("p{}", n % 3));
         }
-        store.create_task(&t, &created()).expect("created");
+        store.create_task(&t, &created()).await.expect("created");
         let next = statuses[n as usize % 4];
         if next != TaskStatus::Queued {
             let mut moved = t.clone();
@@ -240,15 +250,16 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
             moved.updated_at = at(10_000 - n * 3);
             store
                 .update_task(&moved, TaskStatus::Queued, &[])
+                .await
                 .expect("moved");
             t = moved;
         }
         tasks.push(t);
     }
     // Deleting a finished task takes it out of every listing and count.
-    assert!(store.delete_task("l002").expect("deleted"));
+    assert!(store.delete_task("l002").await.expect("deleted"));
     tasks.retain(|t| t.id != "l002");
-    store.commit_log().sync().await.expect("durable");
+    store.sync().await.expect("durable");
 
     let mut queries = Vec::new();
     for sort in [
@@ -294,7 +305,7 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
         }
     }
     for query in &queries {
-        let (page, total) = store.list_tasks(query).expect("listing");
+        let (page, total) = store.list_tasks(query).await.expect("listing");
         let ids: Vec<String> = page.iter().map(|t| t.id.clone()).collect();
         assert_eq!((ids, total), model(&tasks, query), "{query:?}");
     }
@@ -310,6 +321,7 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
         }
         let stored: BTreeMap<CellKey, [u64; 7]> = store
             .stat_cells(owner)
+            .await
             .expect("cells")
             .into_iter()
             .filter(|c| c.counts.by_status.iter().any(|n| *n > 0))
@@ -317,7 +329,7 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
             .collect();
         assert_eq!(stored, model_cells, "cells of {owner:?}");
     }
-    let counts = store.status_counts().expect("counts");
+    let counts = store.status_counts().await.expect("counts");
     for plugin in ["alpha", "beta", "gamma"] {
         for status in TaskStatus::ALL {
             let expected = tasks
@@ -334,33 +346,35 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
 }
 
 async fn everything_survives_a_restart_and_seqs_continue_above(backend: &mut impl Backend) {
-    let store = backend.open();
+    let store = backend.open().await;
     for n in 0..30 {
         let t = task(&format!("r{n:02}"), "p", "alice", TaskStatus::Queued, n);
-        store.create_task(&t, &created()).expect("created");
+        store.create_task(&t, &created()).await.expect("created");
     }
-    store.commit_log().sync().await.expect("durable");
+    store.sync().await.expect("durable");
     let before_tasks = store
         .list_tasks(&TaskQuery {
             limit: 100,
             ..TaskQuery::default()
         })
+        .await
         .expect("listing");
-    let before_counts = store.status_counts().expect("counts");
+    let before_counts = store.status_counts().await.expect("counts");
     let last = store.last_seq();
 
-    let store = backend.reopen(store);
+    let store = backend.reopen(store).await;
     assert_eq!(store.last_seq(), last);
     let after_tasks = store
         .list_tasks(&TaskQuery {
             limit: 100,
             ..TaskQuery::default()
         })
+        .await
         .expect("listing");
     assert_eq!(after_tasks, before_tasks);
-    assert_eq!(store.status_counts().expect("counts"), before_counts);
+    assert_eq!(store.status_counts().await.expect("counts"), before_counts);
     let t = task("r-next", "p", "alice", TaskStatus::Queued, 99);
-    let events = store.create_task(&t, &created()).expect("created");
+    let events = store.create_task(&t, &created()).await.expect("created");
     assert_eq!(
         events[0].seq,
         last + 1,
@@ -371,11 +385,11 @@ async fn everything_survives_a_restart_and_seqs_continue_above(backend: &mut imp
 async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
     backend: &mut impl Backend,
 ) {
-    let store = backend.open();
+    let store = backend.open().await;
     // Ten finished tasks, last updated at 1 s, 2 s, … 10 s; three still queued, older still.
     for n in 0..13i64 {
         let mut t = task(&format!("old{n:02}"), "p", "alice", TaskStatus::Queued, n);
-        store.create_task(&t, &created()).expect("created");
+        store.create_task(&t, &created()).await.expect("created");
         if n < 10 {
             let mut done = t.clone();
             done.status = [
@@ -390,20 +404,24 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
                     TaskStatus::Queued,
                     &[EventData::Completed { result: json!({}) }],
                 )
+                .await
                 .expect("finished");
             t = done;
         }
-        store.append_log(&t, "info", "a line").expect("log");
+        store.append_log(&t, "info", "a line").await.expect("log");
     }
-    store.commit_log().sync().await.expect("durable");
+    store.sync().await.expect("durable");
 
     // Age: everything last updated before 5.5 s, in one call of up to 100.
-    assert_eq!(store.prune(at(5500), u64::MAX, 100).expect("pruned"), 5);
+    assert_eq!(
+        store.prune(at(5500), u64::MAX, 100).await.expect("pruned"),
+        5
+    );
     // Count: keep the newest 2 finished, at most 2 per call.
-    assert_eq!(store.prune(at(0), 2, 2).expect("pruned"), 2);
-    assert_eq!(store.prune(at(0), 2, 100).expect("pruned"), 1);
-    assert_eq!(store.prune(at(0), 2, 100).expect("pruned"), 0);
-    store.commit_log().sync().await.expect("durable");
+    assert_eq!(store.prune(at(0), 2, 2).await.expect("pruned"), 2);
+    assert_eq!(store.prune(at(0), 2, 100).await.expect("pruned"), 1);
+    assert_eq!(store.prune(at(0), 2, 100).await.expect("pruned"), 0);
+    store.sync().await.expect("durable");
 
     let left: Vec<String> = store
         .list_tasks(&TaskQuery {
@@ -411,6 +429,7 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
             ascending: true,
             ..TaskQuery::default()
         })
+        .await
         .expect("listing")
         .0
         .into_iter()
@@ -418,13 +437,27 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
         .collect();
     assert_eq!(left, ["old08", "old09", "old10", "old11", "old12"]);
     for gone in ["old00", "old04", "old07"] {
-        assert!(store.get_task(gone).expect("read").is_none());
-        assert!(store.events(Some(gone), 0, 10).expect("events").is_empty());
-        assert!(store.logs(gone, 0, 10).expect("logs").is_empty());
+        assert!(store.get_task(gone).await.expect("read").is_none());
+        assert!(
+            store
+                .events(Some(gone), 0, 10)
+                .await
+                .expect("events")
+                .is_empty()
+        );
+        assert!(store.logs(gone, 0, 10).await.expect("logs").is_empty());
     }
-    assert_eq!(store.events(Some("old12"), 0, 10).expect("events").len(), 3);
+    assert_eq!(
+        store
+            .events(Some("old12"), 0, 10)
+            .await
+            .expect("events")
+            .len(),
+        3
+    );
     let finished: u64 = store
         .status_counts()
+        .await
         .expect("counts")
         .values()
         .flat_map(|c| c.iter())
@@ -434,6 +467,7 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
     assert_eq!(finished, 2);
     let cells: u64 = store
         .stat_cells(None)
+        .await
         .expect("cells")
         .iter()
         .map(|c| c.counts.by_status.iter().sum::<u64>())
@@ -442,11 +476,11 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
 }
 
 async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
-    let store = backend.open();
+    let store = backend.open().await;
     let t = task("x", "p", "alice", TaskStatus::Running, 0);
-    store.create_task(&t, &created()).expect("created");
-    let first = store.append_log(&t, "info", "one").expect("log");
-    store.append_log(&t, "warn", "two").expect("log");
+    store.create_task(&t, &created()).await.expect("created");
+    let first = store.append_log(&t, "info", "one").await.expect("log");
+    store.append_log(&t, "warn", "two").await.expect("log");
     for key in ["k1", "k2", "k3"] {
         store
             .put_record(
@@ -458,25 +492,29 @@ async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
                     updated_at: at(0) + Duration::seconds(1),
                 },
             )
+            .await
             .expect("record");
     }
-    store.kv_set("p", "cursor", b"42").expect("kv");
-    store.commit_log().sync().await.expect("durable");
-    let logs = store.logs("x", 0, 10).expect("logs");
+    store.kv_set("p", "cursor", b"42").await.expect("kv");
+    store.sync().await.expect("durable");
+    let logs = store.logs("x", 0, 10).await.expect("logs");
     assert_eq!(
         logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
         ["one", "two"]
     );
-    assert_eq!(store.logs("x", first.seq, 10).expect("logs").len(), 1);
-    let (page, total) = store.records("x", Some("pages"), 2, 1).expect("records");
+    assert_eq!(store.logs("x", first.seq, 10).await.expect("logs").len(), 1);
+    let (page, total) = store
+        .records("x", Some("pages"), 2, 1)
+        .await
+        .expect("records");
     assert_eq!(total, 3);
     assert_eq!(
         page.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["k2", "k3"]
     );
     assert_eq!(
-        store.kv_get("p", "cursor").expect("kv"),
+        store.kv_get("p", "cursor").await.expect("kv"),
         Some(b"42".to_vec())
     );
-    assert_eq!(store.kv_list("p", "cur", 10).expect("kv"), ["cursor"]);
+    assert_eq!(store.kv_list("p", "cur", 10).await.expect("kv"), ["cursor"]);
 }

@@ -8,9 +8,9 @@
 //! - `seq` increases strictly across the host, and events become visible (to [`Storage::events`]
 //!   and to [`Storage::subscribe`]rs) in `seq` order, so a reader that has seen `seq` N has
 //!   seen everything before it.
-//! - Durable before visible: every write is registered with the backend's [`CommitLog`]; an
-//!   event is visible only once its write is durable, so no `seq` a reader saw is lost or
-//!   given again after a crash, and [`Durability::sync`] returns once the caller's writes are.
+//! - Durable before visible: an event is visible only once its write is durable (sled's
+//!   writes pass through a [`CommitLog`]; a PostgreSQL write is durable at its commit), so no `seq` a reader saw is lost or
+//!   given again after a crash, and [`Storage::sync`] returns once the caller's writes are.
 
 pub mod cells;
 mod codec;
@@ -24,10 +24,10 @@ mod sled_staging;
 mod sled_store;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 pub use commit::CommitLog;
 pub use sled_store::{KeyFamily, SledStorage};
@@ -60,18 +60,83 @@ pub enum StorageError {
     Unavailable(String),
 }
 
+impl StorageError {
+    /// `StatusChanged` unless `stored` is in the status a write expects.
+    pub fn check_status(stored: &Task, expected: TaskStatus) -> Result<(), Self> {
+        if stored.status == expected {
+            return Ok(());
+        }
+        Err(Self::StatusChanged {
+            id: stored.id.clone(),
+            expected,
+            actual: stored.status,
+        })
+    }
+}
+
 /// Storage settings (`[storage]`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Where tasks live: `sled`, embedded in the data directory (one host), or `postgres`, a
+    /// database several hosts share.
+    pub backend: BackendKind,
     /// Memory the embedded store may use to cache its pages, in MiB. The indexes keep lists
     /// and stats fast without a large cache; more helps reads of old tasks.
     pub cache_mb: u64,
+    /// The PostgreSQL database (`postgres://user:password@host:5432/db`); the environment's
+    /// `TASKHOST_DATABASE_URL` takes its place, so the password need not be in a file.
+    pub url: Option<String>,
+    /// Connections this host keeps open to PostgreSQL at most.
+    pub pool_size: u32,
+}
+
+/// The storage backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Sled,
+    Postgres,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { cache_mb: 64 }
+        Self {
+            backend: BackendKind::Sled,
+            cache_mb: 64,
+            url: None,
+            pool_size: 16,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    /// Without the URL, which may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("cache_mb", &self.cache_mb)
+            .field("url", &self.url.as_ref().map(|_| "***"))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl StorageConfig {
+    /// A configuration the chosen backend can open; the reason otherwise.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backend == BackendKind::Postgres {
+            if self.url.as_deref().is_none_or(str::is_empty) {
+                return Err(
+                    "storage: backend \"postgres\" needs url (or TASKHOST_DATABASE_URL)".into(),
+                );
+            }
+            if !(1..=1000).contains(&self.pool_size) {
+                return Err("storage: pool_size must be between 1 and 1000".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -149,12 +214,17 @@ impl TaskQuery {
 pub type StatusCounts = BTreeMap<TaskStatus, u64>;
 
 /// The storage backend.
+#[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Stores a new task and its events. Fails with `Duplicate` when the id is taken.
-    fn create_task(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError>;
+    async fn create_task(
+        &self,
+        task: &Task,
+        events: &[EventData],
+    ) -> Result<Vec<Event>, StorageError>;
 
     /// Replaces a task whose stored status is `expected`, with its events.
-    fn update_task(
+    async fn update_task(
         &self,
         task: &Task,
         expected: TaskStatus,
@@ -162,34 +232,43 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<Event>, StorageError>;
 
     /// Appends events of `task` without changing it (messages).
-    fn append_events(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError>;
+    async fn append_events(
+        &self,
+        task: &Task,
+        events: &[EventData],
+    ) -> Result<Vec<Event>, StorageError>;
 
     /// Removes a terminal task, its logs and records (its events stay in the event log).
-    fn delete_task(&self, id: &str) -> Result<bool, StorageError>;
+    async fn delete_task(&self, id: &str) -> Result<bool, StorageError>;
 
     /// Retention: removes up to `limit` finished tasks, oldest last update first, that were
     /// last updated before `before` or lie beyond the newest `keep` finished ones, with their
     /// events, logs and records. Tasks that are not terminal are never touched. Returns how
     /// many went.
-    fn prune(&self, before: DateTime<Utc>, keep: u64, limit: usize) -> Result<u64, StorageError>;
+    async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        keep: u64,
+        limit: usize,
+    ) -> Result<u64, StorageError>;
 
-    fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError>;
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError>;
 
     /// The page of tasks the query asks for, and how many match in all.
-    fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError>;
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError>;
 
     /// Ids of every task in `status`, oldest first (recovery and scheduling).
-    fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError>;
+    async fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError>;
 
     /// Task counts per plugin and status, kept up to date on every write (no scan).
-    fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError>;
+    async fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError>;
 
     /// The statistics cells (see [`cells`]) of one owner's tasks, or of all, kept up to date
     /// in the same write as each task.
-    fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<cells::Cell>, StorageError>;
+    async fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<cells::Cell>, StorageError>;
 
     /// Events after `after_seq`, oldest first, of one task or of all.
-    fn events(
+    async fn events(
         &self,
         task_id: Option<&str>,
         after_seq: u64,
@@ -197,20 +276,25 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<Event>, StorageError>;
 
     /// Appends a log line and its `log` event.
-    fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError>;
+    async fn append_log(
+        &self,
+        task: &Task,
+        level: &str,
+        message: &str,
+    ) -> Result<Event, StorageError>;
 
     /// Log lines of a task with `seq` after `after_seq`, oldest first.
-    fn logs(
+    async fn logs(
         &self,
         task_id: &str,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<LogEntry>, StorageError>;
 
-    fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError>;
+    async fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError>;
 
     /// A page of a task's records (of one collection or all) and the total.
-    fn records(
+    async fn records(
         &self,
         task_id: &str,
         collection: Option<&str>,
@@ -218,56 +302,47 @@ pub trait Storage: Send + Sync + 'static {
         offset: usize,
     ) -> Result<(Vec<Record>, u64), StorageError>;
 
-    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
-    fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StorageError>;
-    fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StorageError>;
-    fn kv_list(
+    async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StorageError>;
+    async fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StorageError>;
+    async fn kv_list(
         &self,
         plugin: &str,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, StorageError>;
 
-    fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError>;
-    fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError>;
+    async fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError>;
+    async fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError>;
 
     /// Stores a user; with `only_new`, fails with `Duplicate` when the name is taken.
-    fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError>;
-    fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError>;
-    fn count_users(&self) -> Result<u64, StorageError>;
+    async fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError>;
+    async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError>;
+    async fn count_users(&self) -> Result<u64, StorageError>;
 
-    fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StorageError>;
-    fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError>;
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StorageError>;
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError>;
     /// Keys of one owner, or all.
-    fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError>;
+    async fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError>;
 
-    /// The group commit this backend's writes pass through.
-    fn commit_log(&self) -> &CommitLog;
+    /// Returns once everything this caller wrote before calling is durable; an error when
+    /// the store could not make it so (the write may still become durable later).
+    async fn sync(&self) -> Result<(), StorageError>;
 
     /// Durable events, in `seq` order, from the moment of subscribing.
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.commit_log().subscribe()
-    }
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
 
     /// The highest `seq` that is durable and visible.
-    fn last_seq(&self) -> u64 {
-        self.commit_log().visible_seq()
-    }
-}
+    fn last_seq(&self) -> u64;
 
-/// What the engine holds to acknowledge only durable writes: [`Durability::sync`] returns once
-/// everything the caller wrote before it is durable (see [`commit`]).
-pub struct Durability {
-    storage: Arc<dyn Storage>,
-}
+    /// Becomes `Some(reason)` when the store refuses writes for good.
+    fn failure(&self) -> watch::Receiver<Option<String>>;
 
-impl Durability {
-    pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage }
-    }
-
-    /// Returns once everything this caller committed before calling is durable.
-    pub async fn sync(&self) -> Result<(), StorageError> {
-        self.storage.commit_log().sync().await
+    /// An error when the store refuses writes for good.
+    fn check_writable(&self) -> Result<(), StorageError> {
+        match self.failure().borrow().as_ref() {
+            Some(reason) => Err(StorageError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
     }
 }

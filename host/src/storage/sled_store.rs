@@ -31,8 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sled::{IVec, Tree};
+use tokio::sync::{broadcast, watch};
 
 use super::cells::{self, Cell};
 use super::codec::{decode, decode_event, encode, encode_json};
@@ -410,8 +412,13 @@ impl SledStorage {
     }
 }
 
+#[async_trait]
 impl Storage for SledStorage {
-    fn create_task(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError> {
+    async fn create_task(
+        &self,
+        task: &Task,
+        events: &[EventData],
+    ) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
         if self.staging.get(&task_key(&task.id))?.is_some() {
             return Err(StorageError::Duplicate(task.id.clone()));
@@ -427,7 +434,7 @@ impl Storage for SledStorage {
         self.apply(&mut state, batch, staged)
     }
 
-    fn update_task(
+    async fn update_task(
         &self,
         task: &Task,
         expected: TaskStatus,
@@ -437,13 +444,7 @@ impl Storage for SledStorage {
         let stored = self
             .load_task(&task.id)?
             .ok_or_else(|| StorageError::NotFound(task.id.clone()))?;
-        if stored.status != expected {
-            return Err(StorageError::StatusChanged {
-                id: task.id.clone(),
-                expected,
-                actual: stored.status,
-            });
-        }
+        StorageError::check_status(&stored, expected)?;
         let mut batch = Writes::default();
         batch.insert(task_key(&task.id), encode(task)?);
         let old_indexes = sled_index::index_keys(&stored);
@@ -463,22 +464,31 @@ impl Storage for SledStorage {
         self.apply(&mut state, batch, staged)
     }
 
-    fn append_events(&self, task: &Task, events: &[EventData]) -> Result<Vec<Event>, StorageError> {
+    async fn append_events(
+        &self,
+        task: &Task,
+        events: &[EventData],
+    ) -> Result<Vec<Event>, StorageError> {
         let mut state = self.lock();
         let mut batch = Writes::default();
         let staged = Self::stage_events(&state, &mut batch, task, events)?;
         self.apply(&mut state, batch, staged)
     }
 
-    fn delete_task(&self, id: &str) -> Result<bool, StorageError> {
+    async fn delete_task(&self, id: &str) -> Result<bool, StorageError> {
         self.remove_task(id, Removal::KeepEvents)
     }
 
-    fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, StorageError> {
         self.load_task(id)
     }
 
-    fn prune(&self, before: DateTime<Utc>, keep: u64, limit: usize) -> Result<u64, StorageError> {
+    async fn prune(
+        &self,
+        before: DateTime<Utc>,
+        keep: u64,
+        limit: usize,
+    ) -> Result<u64, StorageError> {
         self.staging.apply()?;
         let cutoff = before.timestamp_millis().max(0) as u64;
         let mut finished = 0;
@@ -507,18 +517,18 @@ impl Storage for SledStorage {
         Ok(pruned)
     }
 
-    fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError> {
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<(Vec<Task>, u64), StorageError> {
         self.staging.apply()?;
         sled_index::list(&self.main, query, |id| self.load_task(id))
     }
 
-    fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError> {
+    async fn task_ids_with_status(&self, status: TaskStatus) -> Result<Vec<String>, StorageError> {
         self.staging.apply()?;
         self.scan_ids(prefix(&[b"i", b"status", status.as_str().as_bytes()]), true)
             .collect()
     }
 
-    fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError> {
+    async fn status_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StorageError> {
         self.staging.apply()?;
         let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
         let scan = sled_index::plugin_status_counters();
@@ -540,7 +550,7 @@ impl Storage for SledStorage {
         Ok(counts)
     }
 
-    fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<Cell>, StorageError> {
+    async fn stat_cells(&self, owner: Option<&str>) -> Result<Vec<Cell>, StorageError> {
         self.staging.apply()?;
         let mut found = Vec::new();
         for entry in self.main.scan_prefix(sled_index::cells_prefix(owner)) {
@@ -555,7 +565,7 @@ impl Storage for SledStorage {
         Ok(found)
     }
 
-    fn events(
+    async fn events(
         &self,
         task_id: Option<&str>,
         after_seq: u64,
@@ -597,7 +607,12 @@ impl Storage for SledStorage {
         Ok(events)
     }
 
-    fn append_log(&self, task: &Task, level: &str, message: &str) -> Result<Event, StorageError> {
+    async fn append_log(
+        &self,
+        task: &Task,
+        level: &str,
+        message: &str,
+    ) -> Result<Event, StorageError> {
         let mut state = self.lock();
         let mut batch = Writes::default();
         let staged = Self::stage_events(
@@ -624,7 +639,7 @@ impl Storage for SledStorage {
         Ok(event)
     }
 
-    fn logs(
+    async fn logs(
         &self,
         task_id: &str,
         after_seq: u64,
@@ -652,7 +667,7 @@ impl Storage for SledStorage {
             .collect()
     }
 
-    fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError> {
+    async fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError> {
         self.written(self.main.insert(
             key(&[
                 b"r",
@@ -664,7 +679,7 @@ impl Storage for SledStorage {
         ))
     }
 
-    fn records(
+    async fn records(
         &self,
         task_id: &str,
         collection: Option<&str>,
@@ -686,7 +701,7 @@ impl Storage for SledStorage {
         Ok((page, total))
     }
 
-    fn kv_get(&self, plugin: &str, k: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    async fn kv_get(&self, plugin: &str, k: &str) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self
             .main
             .get(key(&[b"k", plugin.as_bytes(), k.as_bytes()]))
@@ -694,21 +709,21 @@ impl Storage for SledStorage {
             .map(|v| v.to_vec()))
     }
 
-    fn kv_set(&self, plugin: &str, k: &str, value: &[u8]) -> Result<(), StorageError> {
+    async fn kv_set(&self, plugin: &str, k: &str, value: &[u8]) -> Result<(), StorageError> {
         self.written(
             self.main
                 .insert(key(&[b"k", plugin.as_bytes(), k.as_bytes()]), value),
         )
     }
 
-    fn kv_delete(&self, plugin: &str, k: &str) -> Result<(), StorageError> {
+    async fn kv_delete(&self, plugin: &str, k: &str) -> Result<(), StorageError> {
         self.written(
             self.main
                 .remove(key(&[b"k", plugin.as_bytes(), k.as_bytes()])),
         )
     }
 
-    fn kv_list(
+    async fn kv_list(
         &self,
         plugin: &str,
         key_prefix: &str,
@@ -729,7 +744,7 @@ impl Storage for SledStorage {
             .collect()
     }
 
-    fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError> {
+    async fn set_queue_paused(&self, plugin: &str, paused: bool) -> Result<(), StorageError> {
         let k = key(&[b"q", plugin.as_bytes()]);
         if paused {
             self.written(self.main.insert(k, &[][..]))
@@ -738,7 +753,7 @@ impl Storage for SledStorage {
         }
     }
 
-    fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError> {
+    async fn paused_queues(&self) -> Result<BTreeSet<String>, StorageError> {
         let scan = prefix(&[b"q"]);
         let skip = scan.len();
         self.main
@@ -751,7 +766,7 @@ impl Storage for SledStorage {
             .collect()
     }
 
-    fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError> {
+    async fn put_user(&self, user: &UserRecord, only_new: bool) -> Result<(), StorageError> {
         let k = key(&[b"u", user.username.as_bytes()]);
         let value = encode_json(user)?;
         if only_new {
@@ -766,26 +781,26 @@ impl Storage for SledStorage {
         }
     }
 
-    fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
+    async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
         self.get_json(&key(&[b"u", username.as_bytes()]))
     }
 
-    fn count_users(&self) -> Result<u64, StorageError> {
+    async fn count_users(&self) -> Result<u64, StorageError> {
         Ok(self.main.scan_prefix(prefix(&[b"u"])).keys().count() as u64)
     }
 
-    fn put_api_key(&self, api_key: &ApiKeyRecord) -> Result<(), StorageError> {
+    async fn put_api_key(&self, api_key: &ApiKeyRecord) -> Result<(), StorageError> {
         self.written(
             self.main
                 .insert(key(&[b"a", api_key.id.as_bytes()]), encode_json(api_key)?),
         )
     }
 
-    fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError> {
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError> {
         self.get_json(&key(&[b"a", id.as_bytes()]))
     }
 
-    fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError> {
+    async fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError> {
         let mut keys = Vec::new();
         for value in self.main.scan_prefix(prefix(&[b"a"])).values() {
             let record: ApiKeyRecord = decode(&value.map_err(backend)?)?;
@@ -796,8 +811,20 @@ impl Storage for SledStorage {
         Ok(keys)
     }
 
-    fn commit_log(&self) -> &CommitLog {
-        &self.log
+    async fn sync(&self) -> Result<(), StorageError> {
+        self.log.sync().await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.log.subscribe()
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.log.visible_seq()
+    }
+
+    fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.log.failure()
     }
 }
 

@@ -10,13 +10,13 @@ struct Sled {
 }
 
 impl Backend for Sled {
-    fn open(&mut self) -> Arc<dyn Storage> {
+    async fn open(&mut self) -> Arc<dyn Storage> {
         Arc::new(SledStorage::open(self.dir.path()).expect("sled opens"))
     }
 
-    fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage> {
+    async fn reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage> {
         drop(store);
-        self.open()
+        self.open().await
     }
 }
 
@@ -38,15 +38,15 @@ async fn a_store_of_an_older_layout_gets_its_indexes_and_counters_rebuilt_at_ope
     for n in 0..5 {
         let mut task = conformance::task(&format!("m{n}"), "p", "alice", TaskStatus::Queued, n);
         task.labels.insert("project".into(), "x".into());
-        store.create_task(&task, &[]).expect("created");
+        store.create_task(&task, &[]).await.expect("created");
     }
     let query = TaskQuery {
         labels: vec![("project".into(), "x".into())],
         limit: 10,
         ..TaskQuery::default()
     };
-    let before = store.list_tasks(&query).expect("listing");
-    let counts = store.status_counts().expect("counts");
+    let before = store.list_tasks(&query).await.expect("listing");
+    let counts = store.status_counts().await.expect("counts");
     // What a store written before the counters looked like: no derived keys, no version.
     for derived in sled_index::DERIVED_PREFIXES
         .iter()
@@ -56,28 +56,28 @@ async fn a_store_of_an_older_layout_gets_its_indexes_and_counters_rebuilt_at_ope
             store.main.remove(k.expect("key")).expect("removed");
         }
     }
-    store.commit_log().committed(Vec::new());
-    store.commit_log().sync().await.expect("durable");
-    assert_eq!(store.list_tasks(&query).expect("listing").1, 0);
+    store.log.committed(Vec::new());
+    store.sync().await.expect("durable");
+    assert_eq!(store.list_tasks(&query).await.expect("listing").1, 0);
     drop(store);
 
     let store = SledStorage::open(dir.path()).expect("reopens");
-    assert_eq!(store.list_tasks(&query).expect("listing"), before);
-    assert_eq!(store.status_counts().expect("counts"), counts);
+    assert_eq!(store.list_tasks(&query).await.expect("listing"), before);
+    assert_eq!(store.status_counts().await.expect("counts"), counts);
     assert_eq!(before.1, 5);
 }
 
-#[test]
-fn a_store_reopened_in_place_right_after_its_drop_opens_every_time() {
+#[tokio::test]
+async fn a_store_reopened_in_place_right_after_its_drop_opens_every_time() {
     let dir = tempfile::tempdir().expect("temp dir");
     for n in 0..20 {
         let store = SledStorage::open(dir.path()).expect("opens after the previous drop");
         let task = conformance::task(&format!("r{n}"), "p", "alice", TaskStatus::Queued, n);
-        store.create_task(&task, &[]).expect("created");
+        store.create_task(&task, &[]).await.expect("created");
         drop(store);
     }
     let store = SledStorage::open(dir.path()).expect("opens");
-    let counts = store.status_counts().expect("counts");
+    let counts = store.status_counts().await.expect("counts");
     assert_eq!(counts["p"].get(&TaskStatus::Queued), Some(&20));
 }
 

@@ -353,7 +353,7 @@ impl Hub {
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
                         debug!(missed, "stream hub fell behind the live feed; catching up from storage");
-                        last = self.catch_up(&feed, last);
+                        last = self.catch_up(&feed, last).await;
                     }
                     Err(RecvError::Closed) => break,
                 },
@@ -386,10 +386,10 @@ impl Hub {
 
     /// Delivers the stored events after `last` that the live feed skipped; returns the new
     /// last seq delivered.
-    fn catch_up(&self, feed: &EventFeed, mut last: u64) -> u64 {
+    async fn catch_up(&self, feed: &EventFeed, mut last: u64) -> u64 {
         const PAGE: usize = 1000;
         loop {
-            let page = match feed.stored(None, last, PAGE) {
+            let page = match feed.stored(None, last, PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
                     warn!(error = %e, after_seq = last, "stream hub could not read missed events; subscribers can resume with after_seq");
@@ -501,7 +501,7 @@ impl StreamConnection {
     /// Subscribes to `topics`. Live events flow from the moment this returns; with
     /// `after_seq`, the returned [`Replay`] yields the stored events after it first (send them
     /// before the next [`next`](Self::next) frame).
-    pub fn subscribe(
+    pub async fn subscribe(
         &mut self,
         topics: &[String],
         after_seq: Option<u64>,
@@ -523,7 +523,7 @@ impl StreamConnection {
         for topic in &parsed {
             if let Topic::Task(id) = topic {
                 // Not found unless the caller may read it, like every other task route.
-                self.hub.engine.get(&self.principal, id)?;
+                self.hub.engine.get(&self.principal, id).await?;
             }
         }
         let feed = self.hub.engine.event_feed();
@@ -620,8 +620,8 @@ impl StreamConnection {
     }
 
     /// The current state of a task this connection may read.
-    pub fn task(&self, id: &str) -> Result<Task, StreamError> {
-        Ok(self.hub.engine.get(&self.principal, id)?)
+    pub async fn task(&self, id: &str) -> Result<Task, StreamError> {
+        Ok(self.hub.engine.get(&self.principal, id).await?)
     }
 
     /// The next frame to send, or why the stream ended. Cancel-safe.
@@ -721,11 +721,12 @@ impl Replay {
     }
 
     /// The next page of frames, or `None` at the end.
-    pub fn next_page(&mut self) -> Result<Option<Vec<StoredFrame>>, StreamError> {
+    pub async fn next_page(&mut self) -> Result<Option<Vec<StoredFrame>>, StreamError> {
         while !self.done {
             let page = self
                 .feed
-                .stored(self.single_task.as_deref(), self.cursor, REPLAY_PAGE)?;
+                .stored(self.single_task.as_deref(), self.cursor, REPLAY_PAGE)
+                .await?;
             if page.len() < REPLAY_PAGE {
                 self.done = true;
             }
