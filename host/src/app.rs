@@ -12,10 +12,12 @@ use crate::api::{self, AppState};
 use crate::auth::{Auth, AuthError, SecretBox, SecretError};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
+use crate::membership::Membership;
 use crate::registry::{PluginRegistry, RegistryError};
 use crate::runners::Runners;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::storage::{SledStorage, Storage, StorageError};
+use crate::storage::postgres::{PgSettings, PgStorage};
+use crate::storage::{BackendKind, SledStorage, Storage, StorageError};
 use crate::streams::Streams;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,24 @@ fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The configured backend, opened (for PostgreSQL: connected and migrated).
+async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
+    let storage: Arc<dyn Storage> = match config.storage.backend {
+        BackendKind::Sled => Arc::new(SledStorage::open_with(
+            &config.database_dir(),
+            &config.storage,
+        )?),
+        BackendKind::Postgres => {
+            let settings = PgSettings {
+                url: config.storage.url.clone().unwrap_or_default(),
+                pool_size: config.storage.pool_size,
+            };
+            Arc::new(PgStorage::open(&settings).await?)
+        }
+    };
+    Ok(storage)
+}
+
 /// Opens storage, loads plugins and starts the engine.
 pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
@@ -66,10 +86,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         source,
     })?;
     config.runtime.protected_dirs = vec![config.data_dir.clone()];
-    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open_with(
-        &config.database_dir(),
-        &config.storage,
-    )?);
+    let storage = open_storage(&config).await?;
     if config.runtime.cache_dir.is_none() {
         config.runtime.cache_dir = Some(config.compile_cache_dir());
     }
@@ -87,6 +104,8 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
             warn!(path = %path.display(), %error, "skipped plugin");
         }
     }
+    let membership = Arc::new(Membership::new(storage.clone()));
+    membership.spawn_heartbeat();
     let secrets = Arc::new(SecretBox::open(&config.data_dir)?);
     let auth = Auth::open(&config.auth, &config.data_dir, storage.clone()).await?;
     let runners = Runners::new(config.runners.clone());
@@ -116,6 +135,8 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         });
     }
     info!(
+        host = membership.host_id(),
+        storage = membership.backend(),
         plugins = registry.list().len(),
         data_dir = %config.data_dir.display(),
         "host started"
@@ -129,6 +150,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         ready: Arc::new(AtomicBool::new(true)),
         http_requests: Arc::new(AtomicU64::new(0)),
         followers: Arc::default(),
+        membership,
     })
 }
 

@@ -16,7 +16,10 @@
 //! shutdown_grace_s = 10
 //!
 //! [storage]
+//! backend = "sled"                   # or "postgres": a database several hosts share
 //! cache_mb = 64                      # page cache of the embedded store
+//! # url = "postgres://…"             # postgres only; TASKHOST_DATABASE_URL sets it
+//! pool_size = 16                     # postgres only: connections per host
 //!
 //! [retention]                        # see RetentionConfig: finished tasks are pruned
 //! max_age_s = 604800                 # … a week after their last update (0: never)
@@ -228,6 +231,7 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("plugins.{name}: {e}")))?;
         }
         self.streams.validate().map_err(ConfigError::Invalid)?;
+        self.storage.validate().map_err(ConfigError::Invalid)?;
         let r = &self.runners;
         if r.heartbeat_interval_s == 0
             || r.offline_after_s == 0

@@ -5,7 +5,8 @@
 //! - [`registry`]: which plugin versions are loaded, from where.
 //! - [`bundled`]: the plugins compiled into the host.
 //! - [`model`]: tasks, statuses and their state machine, events.
-//! - [`storage`]: durable state behind a trait (sled embedded).
+//! - [`storage`]: durable state behind a trait (sled embedded, or PostgreSQL).
+//! - [`membership`]: this host's id and the other live hosts on a shared store.
 //! - [`streams`]: live event delivery to stream subscribers (replay, backpressure).
 //! - [`api`]: the HTTP API; [`app`] puts the host together; [`config`] is its settings.
 //! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod bundled;
 pub mod config;
 pub mod engine;
+pub mod membership;
 pub mod model;
 pub mod policy;
 pub mod registry;

@@ -58,12 +58,18 @@ impl ServeArgs {
         if let Some(plugins_dir) = self.plugins_dir {
             config.plugins_dir = Some(plugins_dir);
         }
-        // Read here rather than as a flag, so that it never shows in the process list.
+        // Read here rather than as flags, so that they never show in the process list.
         if let Ok(password) = std::env::var("TASKHOST_ADMIN_PASSWORD")
             && !password.is_empty()
         {
             config.auth.admin_password = Some(password);
         }
+        if let Ok(url) = std::env::var("TASKHOST_DATABASE_URL")
+            && !url.is_empty()
+        {
+            config.storage.url = Some(url);
+        }
+        config.validate()?;
         Ok(config)
     }
 }

@@ -968,6 +968,11 @@ async fn health_metrics_stats_and_openapi_are_served() {
     let (status, details) = api.get("/api/v1/health?details=true").await;
     assert_eq!(status, StatusCode::OK);
     assert!(details["storage"]["latency_ms"].is_number());
+    // On the embedded store the host is alone, and says so.
+    assert_eq!(details["storage"]["backend"], "sled");
+    let hosts = details["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 1, "{details}");
+    assert_eq!(hosts[0]["id"], details["host"]["id"]);
     assert!(details["plugin_runtime"]["loaded_plugins"].as_u64() >= Some(1));
     assert!(details["queues"].is_array());
     assert!(details["websocket_connections"].is_u64());

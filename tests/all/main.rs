@@ -12,6 +12,7 @@ mod gitlab;
 mod hardening;
 mod harness;
 mod matrix;
+mod postgres;
 mod retention;
 mod runner_binary;
 mod runners;

@@ -49,6 +49,8 @@ pub struct AppState {
     pub http_requests: Arc<AtomicU64>,
     /// Open `logs?follow=true` responses, per principal.
     pub followers: Arc<follow::Followers>,
+    /// This host's id and the others alive on a shared store.
+    pub membership: Arc<crate::membership::Membership>,
 }
 
 /// The request being handled: its id (echoed or made), method, path and client address, and

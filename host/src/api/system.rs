@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Query, authenticated, json_reply, raw_query, respond};
 use crate::auth::Principal;
-use crate::engine::StatsQuery;
+use crate::engine::{EngineError, StatsQuery};
 use crate::model::TaskStatus;
 
 /// Routes outside `/api/v1`: health probes and metrics, for load balancers and Prometheus.
@@ -192,7 +192,15 @@ async fn detailed_health(
         let storage_ok = probe.is_ok();
         let storage_latency_ms = probe.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         let runtime = state.engine.registry().runtime();
+        let hosts = state
+            .membership
+            .live_hosts()
+            .await
+            .map_err(EngineError::from)?;
+        body["host"] = json!({"id": state.membership.host_id()});
+        body["hosts"] = json!(hosts);
         body["storage"] = json!({
+            "backend": state.membership.backend(),
             "status": if storage_ok && writable { "ok" } else { "failing" },
             "writable": writable,
             "latency_ms": storage_latency_ms,

@@ -24,6 +24,7 @@ mod sled_staging;
 mod sled_store;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -210,6 +211,16 @@ impl TaskQuery {
     }
 }
 
+/// A host sharing the store, as the last heartbeat it wrote describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostRecord {
+    pub id: String,
+    #[serde(with = "crate::model::timestamp")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "crate::model::timestamp")]
+    pub last_seen: DateTime<Utc>,
+}
+
 /// Task counts by status, for one plugin.
 pub type StatusCounts = BTreeMap<TaskStatus, u64>;
 
@@ -324,6 +335,21 @@ pub trait Storage: Send + Sync + 'static {
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError>;
     /// Keys of one owner, or all.
     async fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError>;
+
+    /// Which backend this is, for health reports (`sled`, `postgres`).
+    fn backend_name(&self) -> &'static str;
+
+    /// Records that `host` is alive now, for the other hosts on a shared store. A store only
+    /// one host can open has nobody to tell.
+    async fn heartbeat(&self, _host: &HostRecord) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// The hosts whose last heartbeat is within `within`, newest start first; empty on a store
+    /// only one host can open (the caller is the one).
+    async fn live_hosts(&self, _within: Duration) -> Result<Vec<HostRecord>, StorageError> {
+        Ok(Vec::new())
+    }
 
     /// Returns once everything this caller wrote before calling is durable; an error when
     /// the store could not make it so (the write may still become durable later).

@@ -811,6 +811,10 @@ impl Storage for SledStorage {
         Ok(keys)
     }
 
+    fn backend_name(&self) -> &'static str {
+        "sled"
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         self.log.sync().await
     }

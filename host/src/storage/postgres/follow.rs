@@ -6,11 +6,13 @@
 //! Reading "after the last delivered seq" in seq order is gap-free and duplicate-free because
 //! seqs commit in order ([`super::events`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::{events, pg_error};
@@ -35,17 +37,37 @@ pub async fn announce(tx: &mut PgConnection, last_seq: u64) -> Result<(), Storag
     Ok(())
 }
 
-/// Delivers to `out`, in seq order, every event committed after `after_seq`, by any host,
+/// Where the follower delivers, and how far it got.
+pub struct Delivery {
+    /// Every event, in seq order.
+    pub events: broadcast::Sender<Event>,
+    /// The highest seq being delivered: set before a page is sent, as [`Storage::last_seq`]
+    /// promises (a reader that saw it can read every event up to it from the store).
+    ///
+    /// [`Storage::last_seq`]: crate::storage::Storage::last_seq
+    pub visible: AtomicU64,
+    /// The highest seq sent to `events`: set after a page is sent, for callers waiting to
+    /// know that their own events have reached this host's subscribers.
+    pub delivered: watch::Sender<u64>,
+}
+
+impl Delivery {
+    /// A delivery whose history ends at `last_seq`.
+    pub fn new(last_seq: u64, capacity: usize) -> Self {
+        Self {
+            events: broadcast::channel(capacity).0,
+            visible: AtomicU64::new(last_seq),
+            delivered: watch::channel(last_seq).0,
+        }
+    }
+}
+
+/// Delivers to `out`, in seq order, every event committed after its last seq, by any host,
 /// until the returned task is aborted. `poll_every` bounds how late an event is when its
 /// notification was lost.
-pub fn spawn(
-    pool: PgPool,
-    after_seq: u64,
-    poll_every: Duration,
-    out: broadcast::Sender<Event>,
-) -> JoinHandle<()> {
+pub fn spawn(pool: PgPool, poll_every: Duration, out: Arc<Delivery>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut delivered = after_seq;
+        let mut delivered = *out.delivered.borrow();
         let mut listener = None;
         loop {
             if listener.is_none() {
@@ -55,11 +77,15 @@ pub fn spawn(
             match events::read(&pool, None, delivered, PAGE).await {
                 Ok(page) => {
                     let full = page.len() == PAGE;
-                    for event in page {
-                        delivered = event.seq;
-                        // No subscriber right now is not an error: the events stay readable.
-                        let _ = out.send(event);
+                    if let Some(last) = page.last() {
+                        delivered = last.seq;
+                        out.visible.store(delivered, Ordering::Release);
                     }
+                    for event in page {
+                        // No subscriber right now is not an error: the events stay readable.
+                        let _ = out.events.send(event);
+                    }
+                    out.delivered.send_replace(delivered);
                     if full {
                         continue;
                     }

@@ -1,5 +1,6 @@
 //! Following events written by other hosts, against a real private cluster.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -45,9 +46,10 @@ async fn events_committed_on_one_host_reach_a_follower_on_another_when_notified(
     let cluster = PgCluster::start();
     let host_a = connect(&settings(cluster.url())).await.expect("host a");
     let host_b = connect(&settings(cluster.url())).await.expect("host b");
-    let (out, mut rx) = broadcast::channel(1024);
+    let out = Arc::new(follow::Delivery::new(0, 1024));
+    let mut rx = out.events.subscribe();
     // A poll far beyond the deadline: only notifications can deliver in time.
-    let follower = follow::spawn(host_a, 0, Duration::from_secs(600), out);
+    let follower = follow::spawn(host_a, Duration::from_secs(600), out);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let written = write(&host_b, 0..30).await;
@@ -61,8 +63,9 @@ async fn a_follower_whose_listener_is_cut_off_catches_up_without_gap_or_duplicat
     let cluster = PgCluster::start();
     let host_a = connect(&settings(cluster.url())).await.expect("host a");
     let host_b = connect(&settings(cluster.url())).await.expect("host b");
-    let (out, mut rx) = broadcast::channel(1024);
-    let follower = follow::spawn(host_a, 0, Duration::from_millis(200), out);
+    let out = Arc::new(follow::Delivery::new(0, 1024));
+    let mut rx = out.events.subscribe();
+    let follower = follow::spawn(host_a, Duration::from_millis(200), out.clone());
 
     let first = write(&host_b, 0..10).await;
     let mut seen = Vec::new();
@@ -79,6 +82,13 @@ async fn a_follower_whose_listener_is_cut_off_catches_up_without_gap_or_duplicat
 
     let second = write(&host_b, 10..20).await;
     receive(&mut rx, &mut seen, first + second).await;
+    let last = seen.last().map_or(0, |e| e.seq);
+    let mut delivered = out.delivered.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), delivered.wait_for(|d| *d == last))
+        .await
+        .expect("delivered up to the last event")
+        .expect("delivery open");
+    assert_eq!(out.visible.load(std::sync::atomic::Ordering::Acquire), last);
     // Nothing more arrives: no event was delivered twice after the reconnect.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(matches!(

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Row};
 
-use super::{events, pg_error, tasks};
+use super::{events, pg_error, stat_cells, tasks};
 use crate::model::{Event, EventData, Task, TaskStatus};
-use crate::storage::StorageError;
 use crate::storage::codec::{decode, encode};
+use crate::storage::{StorageError, cells};
 
 /// A host's hold on one running task. `token` grows with every claim and takeover of the
 /// task, so an older holder's token no longer matches.
@@ -44,8 +44,8 @@ pub async fn claim(
     .map_err(pg_error)?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
-        let mut task: Task = decode(row.get::<&[u8], _>("body"))?;
-        let before = task.status;
+        let stored: Task = decode(row.get::<&[u8], _>("body"))?;
+        let mut task = stored.clone();
         let added = start(&mut task);
         let token: i64 = sqlx::query_scalar(
             "UPDATE tasks SET status = $2, updated_at = $3, body = $4, lease_host = $5, \
@@ -61,7 +61,8 @@ pub async fn claim(
         .fetch_one(&mut *tx)
         .await
         .map_err(pg_error)?;
-        tasks::recount(&mut tx, &task.plugin, before, task.status).await?;
+        tasks::recount(&mut tx, &task.plugin, stored.status, task.status).await?;
+        stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
         let stored = events::append(&mut tx, &task, &added).await?;
         let lease = Lease {
             task_id: task.id.clone(),
@@ -117,6 +118,11 @@ pub async fn finish(
         return Ok(None);
     }
     tasks::recount(&mut tx, &task.plugin, TaskStatus::Running, task.status).await?;
+    // The run moved the task between statuses of one cell: its key (owner, plugin, project,
+    // creation day) is the same before and after.
+    let mut running = task.clone();
+    running.status = TaskStatus::Running;
+    stat_cells::apply(&mut tx, cells::changes(Some(&running), Some(task))).await?;
     let stored = events::append(&mut tx, task, added).await?;
     tx.commit().await.map_err(pg_error)?;
     Ok(Some(stored))
@@ -141,7 +147,8 @@ pub async fn requeue_lapsed(
     .map_err(pg_error)?;
     let mut requeued = Vec::with_capacity(rows.len());
     for row in rows {
-        let mut task: Task = decode(row.get::<&[u8], _>("body"))?;
+        let stored: Task = decode(row.get::<&[u8], _>("body"))?;
+        let mut task = stored.clone();
         let added = requeue(&mut task);
         sqlx::query(
             "UPDATE tasks SET status = $2, updated_at = $3, body = $4, lease_host = NULL, \
@@ -155,6 +162,7 @@ pub async fn requeue_lapsed(
         .await
         .map_err(pg_error)?;
         tasks::recount(&mut tx, &task.plugin, TaskStatus::Running, task.status).await?;
+        stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
         events::append(&mut tx, &task, &added).await?;
         requeued.push(task);
     }

@@ -14,6 +14,9 @@ mod follow_tests;
 #[cfg(test)]
 mod lease_tests;
 pub mod leases;
+mod listing;
+mod stat_cells;
+mod store;
 pub mod tasks;
 #[cfg(test)]
 mod tests;
@@ -25,6 +28,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use super::StorageError;
+pub use store::PgStorage;
 
 /// The schema, oldest first; a new version is a new file, never an edit of an applied one.
 pub static MIGRATOR: Migrator = sqlx::migrate!("src/storage/postgres/migrations");

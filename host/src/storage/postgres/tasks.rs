@@ -1,12 +1,12 @@
 //! Task rows on PostgreSQL: a task's encoded body beside the columns queries use, and the
-//! per-plugin status counts kept in the same transaction.
+//! per-plugin status counts and statistics cells kept in the same transaction.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 
-use super::{events, pg_error};
+use super::{events, pg_error, stat_cells};
 use crate::model::{Event, EventData, Task, TaskStatus};
-use crate::storage::StorageError;
-use crate::storage::codec::encode;
+use crate::storage::codec::{decode, encode};
+use crate::storage::{StorageError, cells};
 
 /// PostgreSQL's SQLSTATE for a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -17,22 +17,14 @@ pub async fn insert(
     task: &Task,
     new_events: &[EventData],
 ) -> Result<Vec<Event>, StorageError> {
-    let labels = serde_json::to_value(&task.labels)
-        .map_err(|e| StorageError::Backend(format!("labels: {e}")))?;
-    let inserted = sqlx::query(
-        "INSERT INTO tasks (id, plugin, owner, status, priority, created_at, updated_at, \
-         scheduled_at, labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&task.id)
-    .bind(&task.plugin)
-    .bind(&task.owner)
-    .bind(task.status.as_str())
-    .bind(task.priority)
-    .bind(task.created_at)
-    .bind(task.updated_at)
-    .bind(task.scheduled_at)
-    .bind(labels)
-    .bind(encode(task)?)
+    let inserted = with_columns(
+        sqlx::query(
+            "INSERT INTO tasks (id, plugin, owner, status, priority, created_at, updated_at, \
+             scheduled_at, labels, body, task_type) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        ),
+        task,
+    )?
     .execute(&mut *tx)
     .await;
     match inserted {
@@ -42,7 +34,160 @@ pub async fn insert(
         other => other.map_err(pg_error)?,
     };
     count(tx, &task.plugin, task.status, 1).await?;
+    stat_cells::apply(tx, cells::changes(None, Some(task))).await?;
     events::append(tx, task, new_events).await
+}
+
+/// Binds a task row's columns as `$1` … `$11`: id, plugin, owner, status, priority, created,
+/// updated and scheduled times, labels, body and task type.
+fn with_columns<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    task: &'q Task,
+) -> Result<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, StorageError> {
+    Ok(query
+        .bind(&task.id)
+        .bind(&task.plugin)
+        .bind(&task.owner)
+        .bind(task.status.as_str())
+        .bind(task.priority)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .bind(task.scheduled_at)
+        .bind(labels_json(task)?)
+        .bind(encode(task)?)
+        .bind(&task.task_type))
+}
+
+fn labels_json(task: &Task) -> Result<serde_json::Value, StorageError> {
+    serde_json::to_value(&task.labels).map_err(|e| StorageError::Backend(format!("labels: {e}")))
+}
+
+/// Reads a task, locking its row until `tx` ends.
+pub(super) async fn lock(tx: &mut PgConnection, id: &str) -> Result<Option<Task>, StorageError> {
+    let body: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT body FROM tasks WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+    body.map(|body| decode(&body)).transpose()
+}
+
+/// Replaces a task whose stored status is `expected` in `tx`, with its counts, cells and
+/// events; `NotFound` or `StatusChanged` otherwise.
+pub async fn update(
+    tx: &mut PgConnection,
+    task: &Task,
+    expected: TaskStatus,
+    new_events: &[EventData],
+) -> Result<Vec<Event>, StorageError> {
+    let stored = lock(tx, &task.id)
+        .await?
+        .ok_or_else(|| StorageError::NotFound(task.id.clone()))?;
+    StorageError::check_status(&stored, expected)?;
+    rewrite(tx, &stored, task).await?;
+    events::append(tx, task, new_events).await
+}
+
+/// Writes `task` over `stored` (locked in `tx`), moving its counts and cells.
+pub(super) async fn rewrite(
+    tx: &mut PgConnection,
+    stored: &Task,
+    task: &Task,
+) -> Result<(), StorageError> {
+    with_columns(
+        sqlx::query(
+            "UPDATE tasks SET plugin = $2, owner = $3, status = $4, priority = $5, \
+             created_at = $6, updated_at = $7, scheduled_at = $8, labels = $9, body = $10, \
+             task_type = $11 WHERE id = $1",
+        ),
+        task,
+    )?
+    .execute(&mut *tx)
+    .await
+    .map_err(pg_error)?;
+    if stored.plugin == task.plugin {
+        recount(tx, &task.plugin, stored.status, task.status).await?;
+    } else {
+        count(tx, &stored.plugin, stored.status, -1).await?;
+        count(tx, &task.plugin, task.status, 1).await?;
+    }
+    stat_cells::apply(tx, cells::changes(Some(stored), Some(task))).await
+}
+
+/// What removing a task takes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Clearing a queue: any task; its events stay in the event log.
+    KeepEvents,
+    /// Retention: only a finished task, and its events go too.
+    FinishedWithEvents,
+}
+
+/// Removes a task with its counts, cells, logs and records (and events, per `removal`) in
+/// `tx`; false when there is none to remove.
+pub async fn remove(
+    tx: &mut PgConnection,
+    id: &str,
+    removal: Removal,
+) -> Result<bool, StorageError> {
+    let Some(task) = lock(tx, id).await? else {
+        return Ok(false);
+    };
+    if removal == Removal::FinishedWithEvents && !task.status.is_terminal() {
+        return Ok(false);
+    }
+    let mut statements = vec![
+        "DELETE FROM tasks WHERE id = $1",
+        "DELETE FROM task_logs WHERE task_id = $1",
+        "DELETE FROM records WHERE task_id = $1",
+    ];
+    if removal == Removal::FinishedWithEvents {
+        statements.push("DELETE FROM events WHERE task_id = $1");
+    }
+    for statement in statements {
+        sqlx::query(statement)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+    }
+    count(tx, &task.plugin, task.status, -1).await?;
+    stat_cells::apply(tx, cells::changes(Some(&task), None)).await?;
+    Ok(true)
+}
+
+/// Ids of every task in `status`, oldest first.
+pub async fn ids_with_status(
+    pool: &PgPool,
+    status: TaskStatus,
+) -> Result<Vec<String>, StorageError> {
+    sqlx::query_scalar("SELECT id FROM tasks WHERE status = $1 ORDER BY created_at, id")
+        .bind(status.as_str())
+        .fetch_all(pool)
+        .await
+        .map_err(pg_error)
+}
+
+/// Every non-zero count, as (plugin, status, n).
+pub async fn all_counts(pool: &PgPool) -> Result<Vec<(String, TaskStatus, u64)>, StorageError> {
+    let rows = sqlx::query("SELECT plugin, status, n FROM task_counts WHERE n > 0")
+        .fetch_all(pool)
+        .await
+        .map_err(pg_error)?;
+    let mut counts = Vec::with_capacity(rows.len());
+    for row in rows {
+        let status: String = row.try_get("status").map_err(pg_error)?;
+        let n: i64 = row.try_get("n").map_err(pg_error)?;
+        if let Some(status) = TaskStatus::parse(&status) {
+            counts.push((
+                row.try_get("plugin").map_err(pg_error)?,
+                status,
+                n.max(0) as u64,
+            ));
+        }
+    }
+    Ok(counts)
 }
 
 /// How many tasks of `plugin` are in `status`, as the counts kept with every write say.

@@ -234,3 +234,36 @@ async fn concurrent_writers_on_several_hosts_commit_events_a_follower_reads_with
         assert_eq!(by_task.len(), written.len());
     }
 }
+
+/// A PostgreSQL store for the conformance suite: a private cluster per backend, so every
+/// check starts from an empty database.
+struct Postgres {
+    cluster: PgCluster,
+}
+
+impl crate::storage::conformance::Backend for Postgres {
+    async fn open(&mut self) -> std::sync::Arc<dyn crate::storage::Storage> {
+        std::sync::Arc::new(
+            PgStorage::open(&settings(self.cluster.url()))
+                .await
+                .expect("PostgreSQL store opens"),
+        )
+    }
+
+    async fn reopen(
+        &mut self,
+        store: std::sync::Arc<dyn crate::storage::Storage>,
+    ) -> std::sync::Arc<dyn crate::storage::Storage> {
+        store.sync().await.expect("durable");
+        drop(store);
+        self.open().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_storage_conformance_suite() {
+    crate::storage::conformance::run_all(|| Postgres {
+        cluster: PgCluster::start(),
+    })
+    .await;
+}
