@@ -5,7 +5,9 @@
 //! streams take their share, and the CPU each task's three writes cost.
 //!
 //! `cargo bench -p taskhost --bench storage_commit` prints tasks/s, CPU µs per task, writes
-//! and flush syscalls per task. `STORAGE_BENCH_TASKS` (default 20000) and
+//! and flush syscalls per task; with `STORAGE_BENCH_BACKEND=postgres` the same load runs on
+//! PgStorage over a private cluster (fsync on) and the CPU is split between this process and
+//! PostgreSQL's. `STORAGE_BENCH_TASKS` (default 20000) and
 //! `STORAGE_BENCH_CALLERS` (default 64) change the load.
 
 mod support;
@@ -22,7 +24,16 @@ use chrono::Utc;
 use serde_json::json;
 use support::{cpu_seconds, disk_bytes, env_or, full_run};
 use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
+use taskhost::storage::postgres::{PgSettings, PgStorage};
 use taskhost::storage::{SledStorage, Storage};
+
+/// The private cluster the backend's tests start, here with fsync on.
+#[path = "../src/storage/postgres/cluster.rs"]
+#[allow(
+    dead_code,
+    reason = "the unit tests use all of it, the benchmark only part"
+)]
+mod cluster;
 
 fn task(id: String) -> Task {
     let now = Utc::now();
@@ -115,24 +126,14 @@ fn syscalls(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn main() {
-    let full = full_run();
-    let tasks = if full {
-        env_or("STORAGE_BENCH_TASKS", 20_000)
-    } else {
-        200
-    };
-    let callers = env_or("STORAGE_BENCH_CALLERS", 64).max(1);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let sled = Arc::new(SledStorage::open(&dir.path().join("db")).expect("sled opens"));
-    let storage: Arc<dyn Storage> = sled.clone();
-    let pid = std::process::id().to_string();
-    let (cpu_before, writes_before) = (cpu_seconds(&pid), syscalls(&pid));
+/// Drives `tasks` echo tasks through `storage` from `callers` concurrent callers on a
+/// two-worker runtime; returns the wall time in seconds.
+fn drive(
+    runtime: &tokio::runtime::Runtime,
+    storage: &Arc<dyn Storage>,
+    tasks: usize,
+    callers: usize,
+) -> f64 {
     let start = Instant::now();
     runtime.block_on(async {
         let mut workers = Vec::new();
@@ -148,7 +149,32 @@ fn main() {
             worker.await.expect("caller finished");
         }
     });
-    let wall = start.elapsed().as_secs_f64();
+    start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let full = full_run();
+    let tasks = if full {
+        env_or("STORAGE_BENCH_TASKS", 20_000)
+    } else {
+        200
+    };
+    let callers = env_or("STORAGE_BENCH_CALLERS", 64).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if std::env::var("STORAGE_BENCH_BACKEND").as_deref() == Ok("postgres") {
+        postgres(&runtime, tasks, callers);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sled = Arc::new(SledStorage::open(&dir.path().join("db")).expect("sled opens"));
+    let storage: Arc<dyn Storage> = sled.clone();
+    let pid = std::process::id().to_string();
+    let (cpu_before, writes_before) = (cpu_seconds(&pid), syscalls(&pid));
+    let wall = drive(&runtime, &storage, tasks, callers);
     let cpu = cpu_seconds(&pid) - cpu_before;
     let writes = syscalls(&pid) - writes_before;
     println!(
@@ -162,6 +188,74 @@ fn main() {
         writes as f64 / tasks as f64
     );
     print_footprint(&sled, tasks, &dir.path().join("db"));
+}
+
+/// The same load on PostgreSQL: a private cluster with fsync on, the host's pool of 16.
+fn postgres(runtime: &tokio::runtime::Runtime, tasks: usize, callers: usize) {
+    let cluster = cluster::PgCluster::start_durable();
+    let settings = PgSettings {
+        url: cluster.url(),
+        pool_size: 16,
+    };
+    let storage: Arc<dyn Storage> = Arc::new(
+        runtime
+            .block_on(PgStorage::open(&settings))
+            .expect("PostgreSQL store opens"),
+    );
+    let postmaster = cluster.postmaster_pid().expect("postmaster pid");
+    let pid = std::process::id().to_string();
+    let (client_before, server_before) = (cpu_seconds(&pid), cluster_cpu_seconds(postmaster));
+    let wall = drive(runtime, &storage, tasks, callers);
+    let client = cpu_seconds(&pid) - client_before;
+    let server = cluster_cpu_seconds(postmaster) - server_before;
+    println!(
+        "storage alone on PostgreSQL (fsync on, pool 16): {tasks} echo tasks (3 transactions each), {callers} callers: {:.0} tasks/s, {:.0} transactions/s ({wall:.2} s)",
+        tasks as f64 / wall,
+        3.0 * tasks as f64 / wall
+    );
+    println!(
+        "  CPU: host side {client:.2} s ({:.0} µs per task), PostgreSQL {server:.2} s ({:.0} µs per task); {:.2} cores in all",
+        client * 1e6 / tasks as f64,
+        server * 1e6 / tasks as f64,
+        (client + server) / wall
+    );
+}
+
+/// CPU seconds of a PostgreSQL cluster: the postmaster with the children it reaped, and the
+/// children alive now.
+fn cluster_cpu_seconds(postmaster: u32) -> f64 {
+    let mut total = stat_seconds(postmaster, &[11, 12, 13, 14]);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if stat_field(pid, 1) == Some(postmaster as f64) {
+            total += stat_seconds(pid, &[11, 12]);
+        }
+    }
+    total
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name (0: state, 1: ppid, 11/12: utime and
+/// stime, 13/14: reaped children's).
+fn stat_field(pid: u32, index: usize) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(index)?.parse().ok()
+}
+
+fn stat_seconds(pid: u32, fields: &[usize]) -> f64 {
+    // SAFETY: sysconf reads a constant of the running kernel and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    fields
+        .iter()
+        .filter_map(|i| stat_field(pid, *i))
+        .sum::<f64>()
+        / ticks
 }
 
 /// Where the bytes of the finished tasks are: live keys per family, then the files.

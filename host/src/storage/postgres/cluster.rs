@@ -21,8 +21,19 @@ pub struct PgCluster {
 }
 
 impl PgCluster {
-    /// Creates and starts a cluster; panics with what is missing when it cannot.
+    /// Creates and starts a cluster for tests, with fsync off (nothing in it outlives the
+    /// test); panics with what is missing when it cannot.
     pub fn start() -> Self {
+        Self::start_with("-c fsync=off")
+    }
+
+    /// A cluster that makes commits durable as a production one does (fsync on), for
+    /// benchmarks.
+    pub fn start_durable() -> Self {
+        Self::start_with("-c fsync=on -c synchronous_commit=on")
+    }
+
+    fn start_with(settings: &str) -> Self {
         let bindir = find_bindir();
         let run_as = running_as_root().then(|| "postgres".to_string());
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
@@ -65,7 +76,7 @@ impl PgCluster {
         for attempt in 0..5 {
             cluster.port = free_port();
             let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
+                "-c listen_addresses=127.0.0.1 -p {} -k {} {settings} -c max_connections=100",
                 cluster.port,
                 path_str(cluster.dir.path()),
             );
@@ -102,6 +113,17 @@ impl PgCluster {
             "postgres://{SUPERUSER}:{}@127.0.0.1:{}/postgres",
             self.password, self.port
         )
+    }
+
+    /// The postmaster's pid, whose reaped children's CPU the kernel adds to its own.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn port(&self) -> u16 {
