@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::json;
-use support::{cpu_seconds, disk_bytes, env_or, full_run};
+use support::{cpu_seconds, disk_bytes, env_or, full_run, stat_fields, stat_seconds};
 use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
 use taskhost::storage::postgres::{PgSettings, PgStorage};
 use taskhost::storage::{SledStorage, Storage};
@@ -224,38 +224,18 @@ fn postgres(runtime: &tokio::runtime::Runtime, tasks: usize, callers: usize) {
 /// CPU seconds of a PostgreSQL cluster: the postmaster with the children it reaped, and the
 /// children alive now.
 fn cluster_cpu_seconds(postmaster: u32) -> f64 {
-    let mut total = stat_seconds(postmaster, &[11, 12, 13, 14]);
+    let mut total = stat_seconds(&postmaster.to_string(), &[11, 12, 13, 14]);
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if stat_field(pid, 1) == Some(postmaster as f64) {
-            total += stat_seconds(pid, &[11, 12]);
+        if pid.bytes().all(|b| b.is_ascii_digit())
+            && stat_fields(&pid).get(1) == Some(&f64::from(postmaster))
+        {
+            total += stat_seconds(&pid, &[11, 12]);
         }
     }
     total
-}
-
-/// Fields of `/proc/<pid>/stat` after the command name (0: state, 1: ppid, 11/12: utime and
-/// stime, 13/14: reaped children's).
-fn stat_field(pid: u32, index: usize) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(index)?.parse().ok()
-}
-
-fn stat_seconds(pid: u32, fields: &[usize]) -> f64 {
-    // SAFETY: sysconf reads a constant of the running kernel and has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    fields
-        .iter()
-        .filter_map(|i| stat_field(pid, *i))
-        .sum::<f64>()
-        / ticks
 }
 
 /// Where the bytes of the finished tasks are: live keys per family, then the files.

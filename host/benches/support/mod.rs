@@ -131,21 +131,27 @@ impl BenchHost {
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: &str) -> f64 {
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    stat_seconds(pid, &[11, 12])
+}
+
+/// Numeric fields of `/proc/<pid>/stat` after the command name (which may hold spaces, so
+/// they start after its closing ')'): 1 is the parent pid, 11 and 12 utime and stime, 13 and
+/// 14 those of reaped children. An unreadable process has none.
+pub fn stat_fields(pid: &str) -> Vec<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after its closing ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
+    stat.rsplit_once(')')
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .collect()
+}
+
+/// The sum of the clock-tick `fields` of a process, in seconds.
+pub fn stat_seconds(pid: &str, fields: &[usize]) -> f64 {
+    let values = stat_fields(pid);
+    let ticks: f64 = fields.iter().filter_map(|i| values.get(*i)).sum();
+    ticks / clock_ticks_per_second()
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -61,11 +61,6 @@ impl PgStorage {
         })
     }
 
-    /// The pool, for the parts of the host that share this database (leases, runners).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StorageError> {
         self.pool.begin().await.map_err(pg_error)
     }
