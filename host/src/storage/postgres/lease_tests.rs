@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::cluster::PgCluster;
+use super::leases::{ControlRequest, Renewal};
 use super::tests::settings;
 use super::{connect, leases, tasks};
 use crate::model::{EventData, QueueCause, Task, TaskStatus};
@@ -82,18 +83,8 @@ async fn two_hosts_claiming_at_once_start_each_task_exactly_once() {
         assert_eq!(events.len(), 1);
         assert!(matches!(events[0].data, EventData::Started { attempt: 1 }));
     }
-    assert_eq!(
-        tasks::status_count(&a, "p", TaskStatus::Running)
-            .await
-            .unwrap(),
-        200
-    );
-    assert_eq!(
-        tasks::status_count(&a, "p", TaskStatus::Queued)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(count_p(&a, TaskStatus::Running).await, 200);
+    assert_eq!(count_p(&a, TaskStatus::Queued).await, 0);
 }
 
 #[tokio::test]
@@ -149,24 +140,9 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_host_can_neither_renew_nor_fi
         .await
         .expect("finish");
     assert_eq!(written.map(|e| e.len()), Some(1));
-    assert_eq!(
-        tasks::status_count(&b, "p", TaskStatus::Completed)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        tasks::status_count(&b, "p", TaskStatus::Running)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        tasks::status_count(&b, "p", TaskStatus::Failed)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(count_p(&b, TaskStatus::Completed).await, 1);
+    assert_eq!(count_p(&b, TaskStatus::Running).await, 0);
+    assert_eq!(count_p(&b, TaskStatus::Failed).await, 0);
 }
 
 #[tokio::test]
@@ -179,10 +155,214 @@ async fn a_task_id_inserted_twice_is_a_duplicate_and_changes_no_count() {
     let again = tasks::insert(&mut tx, &task, &[]).await;
     assert!(matches!(again, Err(crate::storage::StorageError::Duplicate(id)) if id == "same"));
     drop(tx);
-    assert_eq!(
-        tasks::status_count(&pool, "p", TaskStatus::Queued)
-            .await
-            .unwrap(),
-        1
+    assert_eq!(count_p(&pool, TaskStatus::Queued).await, 1);
+}
+
+/// How many tasks of plugin `p` are in `status`.
+async fn count_p(pool: &sqlx::PgPool, status: TaskStatus) -> i64 {
+    tasks::status_count(pool, "p", status).await.expect("count")
+}
+
+async fn insert(pool: &sqlx::PgPool, task: &Task) {
+    let mut tx = pool.begin().await.expect("begin");
+    tasks::insert(&mut tx, task, &[]).await.expect("insert");
+    tx.commit().await.expect("commit");
+}
+
+async fn claim_ids(pool: &sqlx::PgPool, plugin: &str) -> Vec<String> {
+    leases::claim(
+        pool,
+        "host-a",
+        &[plugin.to_owned()],
+        10,
+        Duration::from_secs(30),
+        start,
+    )
+    .await
+    .expect("claim")
+    .into_iter()
+    .map(|(task, _, _)| task.id)
+    .collect()
+}
+
+/// Claims the one ready task of `plugin`.
+async fn claim_one(pool: &sqlx::PgPool, plugin: &str) -> (Task, leases::Lease) {
+    let (task, lease, _) = leases::claim(
+        pool,
+        "host-a",
+        &[plugin.to_owned()],
+        1,
+        Duration::from_secs(30),
+        start,
+    )
+    .await
+    .expect("claim")
+    .pop()
+    .expect("a ready task");
+    (task, lease)
+}
+
+/// A fresh cluster holding one queued task, `dep` of plugin `q`, for others to depend on.
+async fn with_queued_dependency() -> (PgCluster, sqlx::PgPool) {
+    let cluster = PgCluster::start();
+    let pool = connect(&settings(cluster.url())).await.expect("connects");
+    insert(
+        &pool,
+        &conformance::task("dep", "q", "alice", TaskStatus::Queued, 1),
+    )
+    .await;
+    (cluster, pool)
+}
+
+/// Ends the run `lease` holds with `status`.
+async fn end(pool: &sqlx::PgPool, lease: &leases::Lease, task: &Task, status: TaskStatus) {
+    let mut ended = task.clone();
+    ended.status = status;
+    leases::finish(pool, lease, &ended, &[])
+        .await
+        .expect("finish")
+        .expect("lease held");
+}
+
+#[tokio::test]
+async fn a_claim_passes_over_paused_queues_and_tasks_whose_dependencies_have_not_completed() {
+    let (_cluster, pool) = with_queued_dependency().await;
+    let mut child = conformance::task("child", "p", "alice", TaskStatus::Queued, 2);
+    child.depends_on = vec!["dep".into()];
+    insert(&pool, &child).await;
+    insert(
+        &pool,
+        &conformance::task("free", "p", "alice", TaskStatus::Queued, 3),
+    )
+    .await;
+
+    assert_eq!(claim_ids(&pool, "p").await, vec!["free".to_owned()]);
+
+    sqlx::query("INSERT INTO paused_queues (plugin) VALUES ('q')")
+        .execute(&pool)
+        .await
+        .expect("pause q");
+    assert!(claim_ids(&pool, "q").await.is_empty(), "q is paused");
+    sqlx::query("DELETE FROM paused_queues")
+        .execute(&pool)
+        .await
+        .expect("resume q");
+    let (dep, lease) = claim_one(&pool, "q").await;
+    assert!(
+        claim_ids(&pool, "p").await.is_empty(),
+        "child waits while dep runs"
     );
+    end(&pool, &lease, &dep, TaskStatus::Completed).await;
+    assert_eq!(claim_ids(&pool, "p").await, vec!["child".to_owned()]);
+}
+
+#[tokio::test]
+async fn stranded_dependents_are_the_queued_tasks_waiting_for_a_failed_or_missing_task() {
+    let (_cluster, pool) = with_queued_dependency().await;
+    for (id, dependency, n) in [("waits", "dep", 2), ("orphan", "gone", 3)] {
+        let mut task = conformance::task(id, "p", "alice", TaskStatus::Queued, n);
+        task.depends_on = vec![dependency.into()];
+        insert(&pool, &task).await;
+    }
+    let stranded = leases::stranded_dependents(&pool, 10).await.expect("sweep");
+    assert_eq!(stranded, vec![("orphan".to_owned(), "gone".to_owned())]);
+
+    let (dep, lease) = claim_one(&pool, "q").await;
+    end(&pool, &lease, &dep, TaskStatus::Failed).await;
+    let stranded = leases::stranded_dependents(&pool, 10).await.expect("sweep");
+    assert_eq!(
+        stranded,
+        vec![
+            ("waits".to_owned(), "dep".to_owned()),
+            ("orphan".to_owned(), "gone".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn renewing_hands_the_holder_its_control_requests_once_and_reports_leases_taken_over() {
+    let cluster = PgCluster::start();
+    let pool = connect(&settings(cluster.url())).await.expect("connects");
+    queue(&pool, ["one", "two", "idle"].into_iter().map(String::from)).await;
+    let short = Duration::from_millis(300);
+    let held: Vec<_> = leases::claim(&pool, "host-a", &["p".into()], 2, short, start)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|(_, lease, _)| lease)
+        .collect();
+    assert_eq!(held.len(), 2);
+
+    assert!(
+        leases::request_control(&pool, &held[0].task_id, ControlRequest::Pause)
+            .await
+            .expect("request")
+    );
+    // A later request replaces one not yet taken.
+    assert!(
+        leases::request_control(&pool, &held[0].task_id, ControlRequest::Cancel)
+            .await
+            .expect("request")
+    );
+    assert!(
+        !leases::request_control(&pool, "idle", ControlRequest::Cancel)
+            .await
+            .expect("request"),
+        "no host holds a queued task"
+    );
+
+    let renewed = leases::renew_all(&pool, &held, short).await.expect("renew");
+    assert_eq!(
+        renewed,
+        vec![
+            Renewal::Held(Some(ControlRequest::Cancel)),
+            Renewal::Held(None)
+        ]
+    );
+    let again = leases::renew_all(&pool, &held, short).await.expect("renew");
+    assert_eq!(again, vec![Renewal::Held(None), Renewal::Held(None)]);
+
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    let lapsed = leases::requeue_lapsed(&pool, 10, requeue)
+        .await
+        .expect("sweep");
+    assert_eq!(lapsed.len(), 2);
+    let lost = leases::renew_all(&pool, &held, short).await.expect("renew");
+    assert_eq!(lost, vec![Renewal::Lost, Renewal::Lost]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_scheduled_task_is_queued_once_however_many_hosts_look() {
+    let cluster = PgCluster::start();
+    let a = connect(&settings(cluster.url())).await.expect("host a");
+    let b = connect(&settings(cluster.url())).await.expect("host b");
+    let now = chrono::Utc::now();
+    for (id, offset_s) in [("due", -5), ("later", 3600)] {
+        let mut task = conformance::task(id, "p", "alice", TaskStatus::Scheduled, 1);
+        task.scheduled_at = Some(now + chrono::Duration::seconds(offset_s));
+        insert(&a, &task).await;
+    }
+    let promote = |task: &mut Task| {
+        task.status = TaskStatus::Queued;
+        task.scheduled_at = None;
+        vec![EventData::Queued {
+            status: TaskStatus::Queued,
+            scheduled_at: None,
+            cause: QueueCause::Created,
+        }]
+    };
+    let (on_a, on_b) = tokio::join!(
+        leases::promote_due(&a, 10, promote),
+        leases::promote_due(&b, 10, promote)
+    );
+    let promoted: Vec<String> = on_a
+        .expect("promote on a")
+        .into_iter()
+        .chain(on_b.expect("promote on b"))
+        .map(|task| task.id)
+        .collect();
+    assert_eq!(promoted, vec!["due".to_owned()]);
+    assert_eq!(count_p(&a, TaskStatus::Queued).await, 1);
+    assert_eq!(count_p(&a, TaskStatus::Scheduled).await, 1);
+    assert_eq!(claim_ids(&a, "p").await, vec!["due".to_owned()]);
 }

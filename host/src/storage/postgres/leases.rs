@@ -22,8 +22,10 @@ pub struct Lease {
 }
 
 /// Claims up to `limit` ready tasks of `plugins` for `host`, best priority first, then oldest;
-/// rows another host is claiming at the same moment are skipped, not waited for. `start`
-/// turns each task into its running form and says which events that adds.
+/// rows another host is claiming at the same moment are skipped, not waited for. A task is
+/// ready when it is queued, its queue is not paused (a pause holds on every host) and every
+/// task it depends on completed. `start` turns each task into its running form and says
+/// which events that adds.
 pub async fn claim(
     pool: &PgPool,
     host: &str,
@@ -34,8 +36,11 @@ pub async fn claim(
 ) -> Result<Vec<(Task, Lease, Vec<Event>)>, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
     let rows = sqlx::query(
-        "SELECT body FROM tasks WHERE status = 'queued' AND plugin = ANY($1) \
-         ORDER BY priority DESC, created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        "SELECT t.body FROM tasks t WHERE t.status = 'queued' AND t.plugin = ANY($1) \
+         AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.plugin = t.plugin) \
+         AND NOT EXISTS (SELECT 1 FROM unnest(t.depends_on) AS d(id) \
+             LEFT JOIN tasks dep ON dep.id = d.id WHERE dep.status IS DISTINCT FROM 'completed') \
+         ORDER BY t.priority DESC, t.created_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED",
     )
     .bind(plugins)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -49,7 +54,7 @@ pub async fn claim(
         let added = start(&mut task);
         let token: i64 = sqlx::query_scalar(
             "UPDATE tasks SET status = $2, updated_at = $3, body = $4, lease_host = $5, \
-             lease_expires = now() + $6, lease_token = lease_token + 1 \
+             lease_expires = now() + $6, lease_token = lease_token + 1, control = NULL \
              WHERE id = $1 RETURNING lease_token",
         )
         .bind(&task.id)
@@ -102,7 +107,7 @@ pub async fn finish(
     let mut tx = pool.begin().await.map_err(pg_error)?;
     let updated = sqlx::query(
         "UPDATE tasks SET status = $4, updated_at = $5, body = $6, lease_host = NULL, \
-         lease_expires = NULL \
+         lease_expires = NULL, control = NULL \
          WHERE id = $1 AND lease_host = $2 AND lease_token = $3 AND status = 'running'",
     )
     .bind(&lease.task_id)
@@ -137,22 +142,20 @@ pub async fn requeue_lapsed(
     requeue: impl Fn(&mut Task) -> Vec<EventData>,
 ) -> Result<Vec<Task>, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
-    let rows = sqlx::query(
+    let lapsed = lock_batch(
+        &mut tx,
         "SELECT body FROM tasks WHERE status = 'running' AND lease_expires < now() \
          ORDER BY lease_expires LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
     )
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(pg_error)?;
-    let mut requeued = Vec::with_capacity(rows.len());
-    for row in rows {
-        let stored: Task = decode(row.get::<&[u8], _>("body"))?;
+    .await?;
+    let mut requeued = Vec::with_capacity(lapsed.len());
+    for stored in lapsed {
         let mut task = stored.clone();
         let added = requeue(&mut task);
         sqlx::query(
             "UPDATE tasks SET status = $2, updated_at = $3, body = $4, lease_host = NULL, \
-             lease_expires = NULL, lease_token = lease_token + 1 WHERE id = $1",
+             lease_expires = NULL, lease_token = lease_token + 1, control = NULL WHERE id = $1",
         )
         .bind(&task.id)
         .bind(task.status.as_str())
@@ -168,4 +171,175 @@ pub async fn requeue_lapsed(
     }
     tx.commit().await.map_err(pg_error)?;
     Ok(requeued)
+}
+
+/// What a host asks of the run another host holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    Cancel,
+    Pause,
+    Resume,
+}
+
+impl ControlRequest {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cancel" => Some(Self::Cancel),
+            "pause" => Some(Self::Pause),
+            "resume" => Some(Self::Resume),
+            _ => None,
+        }
+    }
+}
+
+/// Leaves `request` for the host holding the lease of task `id`; `false` when no host holds
+/// one (the task is not running anywhere, so the caller changes it itself). A later request
+/// replaces one not yet taken.
+pub async fn request_control(
+    pool: &PgPool,
+    id: &str,
+    request: ControlRequest,
+) -> Result<bool, StorageError> {
+    let left = sqlx::query(
+        "UPDATE tasks SET control = $2 \
+         WHERE id = $1 AND lease_host IS NOT NULL AND status IN ('running', 'paused')",
+    )
+    .bind(id)
+    .bind(request.as_str())
+    .execute(pool)
+    .await
+    .map_err(pg_error)?;
+    Ok(left.rows_affected() == 1)
+}
+
+/// How one lease stands after [`renew_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still the holder's, extended; with the control request left for it since, if any.
+    Held(Option<ControlRequest>),
+    /// Taken over (it lapsed) or ended: the holder must stop the run and write nothing more.
+    Lost,
+}
+
+/// Extends every lease in `held` by `ttl` from now in one statement, taking the control
+/// requests left for them; the answer is in `held`'s order. A run paused at a checkpoint
+/// keeps its lease: its host still holds the plugin.
+pub async fn renew_all(
+    pool: &PgPool,
+    held: &[Lease],
+    ttl: Duration,
+) -> Result<Vec<Renewal>, StorageError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = held.iter().map(|l| l.task_id.as_str()).collect();
+    let hosts: Vec<&str> = held.iter().map(|l| l.host.as_str()).collect();
+    let tokens: Vec<i64> = held.iter().map(|l| l.token).collect();
+    let rows = sqlx::query(
+        "WITH mine AS ( \
+             SELECT t.id, t.control FROM tasks t \
+             JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS h(id, host, token) \
+               ON t.id = h.id AND t.lease_host = h.host AND t.lease_token = h.token \
+             WHERE t.status IN ('running', 'paused') FOR UPDATE OF t) \
+         UPDATE tasks t SET lease_expires = now() + $4, control = NULL FROM mine \
+         WHERE t.id = mine.id RETURNING t.id, mine.control",
+    )
+    .bind(&ids)
+    .bind(&hosts)
+    .bind(&tokens)
+    .bind(ttl)
+    .fetch_all(pool)
+    .await
+    .map_err(pg_error)?;
+    let mut renewed = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let control: Option<String> = row.get("control");
+        renewed.insert(
+            row.get::<String, _>("id"),
+            control.as_deref().and_then(ControlRequest::parse),
+        );
+    }
+    Ok(held
+        .iter()
+        .map(|lease| match renewed.remove(&lease.task_id) {
+            Some(control) => Renewal::Held(control),
+            None => Renewal::Lost,
+        })
+        .collect())
+}
+
+/// Queues up to `limit` scheduled tasks whose time has come, on whichever host notices first;
+/// `promote` turns each into its queued form.
+pub async fn promote_due(
+    pool: &PgPool,
+    limit: usize,
+    promote: impl Fn(&mut Task) -> Vec<EventData>,
+) -> Result<Vec<Task>, StorageError> {
+    let mut tx = pool.begin().await.map_err(pg_error)?;
+    let due = lock_batch(
+        &mut tx,
+        "SELECT body FROM tasks WHERE status = 'scheduled' AND scheduled_at <= now() \
+         ORDER BY scheduled_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    .await?;
+    let mut promoted = Vec::with_capacity(due.len());
+    for stored in due {
+        let mut task = stored.clone();
+        let added = promote(&mut task);
+        tasks::rewrite(&mut tx, &stored, &task).await?;
+        events::append(&mut tx, &task, &added).await?;
+        promoted.push(task);
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(promoted)
+}
+
+/// Queued tasks waiting for a task that failed, was cancelled or is gone, with that
+/// dependency: they can never run, and whichever host finds them fails them (the host that
+/// ended the dependency may have died before it did).
+pub async fn stranded_dependents(
+    pool: &PgPool,
+    limit: usize,
+) -> Result<Vec<(String, String)>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT t.id, d.id AS dependency \
+         FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id) \
+         LEFT JOIN tasks dep ON dep.id = d.id \
+         WHERE t.status = 'queued' AND t.depends_on <> '{}' \
+           AND (dep.id IS NULL OR dep.status IN ('failed', 'cancelled')) \
+         ORDER BY t.created_at, t.id LIMIT $1",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(pg_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.get("id"), row.get("dependency")))
+        .collect())
+}
+
+/// The tasks `select` (bodies, `LIMIT $1`, locking its rows) finds, locked until `tx` ends.
+async fn lock_batch(
+    tx: &mut sqlx::PgConnection,
+    select: &'static str,
+    limit: usize,
+) -> Result<Vec<Task>, StorageError> {
+    let rows = sqlx::query(select)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|row| decode(row.get::<&[u8], _>("body")))
+        .collect()
 }

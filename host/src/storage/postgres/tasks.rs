@@ -20,8 +20,8 @@ pub async fn insert(
     let inserted = with_columns(
         sqlx::query(
             "INSERT INTO tasks (id, plugin, owner, status, priority, created_at, updated_at, \
-             scheduled_at, labels, body, task_type) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             scheduled_at, labels, body, task_type, depends_on) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         ),
         task,
     )?
@@ -38,8 +38,8 @@ pub async fn insert(
     events::append(tx, task, new_events).await
 }
 
-/// Binds a task row's columns as `$1` … `$11`: id, plugin, owner, status, priority, created,
-/// updated and scheduled times, labels, body and task type.
+/// Binds a task row's columns as `$1` … `$12`: id, plugin, owner, status, priority, created,
+/// updated and scheduled times, labels, body, task type and dependencies.
 fn with_columns<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     task: &'q Task,
@@ -55,7 +55,8 @@ fn with_columns<'q>(
         .bind(task.scheduled_at)
         .bind(labels_json(task)?)
         .bind(encode(task)?)
-        .bind(&task.task_type))
+        .bind(&task.task_type)
+        .bind(&task.depends_on))
 }
 
 fn labels_json(task: &Task) -> Result<serde_json::Value, StorageError> {
@@ -99,7 +100,7 @@ pub(super) async fn rewrite(
         sqlx::query(
             "UPDATE tasks SET plugin = $2, owner = $3, status = $4, priority = $5, \
              created_at = $6, updated_at = $7, scheduled_at = $8, labels = $9, body = $10, \
-             task_type = $11 WHERE id = $1",
+             task_type = $11, depends_on = $12 WHERE id = $1",
         ),
         task,
     )?
