@@ -9,6 +9,11 @@
 //! PgStorage over a private cluster (fsync on) and the CPU is split between this process and
 //! PostgreSQL's. `STORAGE_BENCH_TASKS` (default 20000) and
 //! `STORAGE_BENCH_CALLERS` (default 64) change the load.
+//!
+//! On PostgreSQL a second phase dispatches the same number of queued tasks through the
+//! database as several hosts would: `STORAGE_BENCH_HOSTS` pools (default 3), each with 4
+//! claimers taking `STORAGE_BENCH_CLAIM_BATCH` tasks per claim (default 16) and finishing
+//! each with its fencing token, one transaction per finish.
 
 mod support;
 
@@ -24,7 +29,7 @@ use chrono::Utc;
 use serde_json::json;
 use support::{cpu_seconds, disk_bytes, env_or, full_run, stat_fields, stat_seconds};
 use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
-use taskhost::storage::postgres::{PgSettings, PgStorage};
+use taskhost::storage::postgres::{PgSettings, PgStorage, connect, leases};
 use taskhost::storage::{SledStorage, Storage};
 
 /// The private cluster the backend's tests start, here with fsync on.
@@ -219,6 +224,111 @@ fn postgres(runtime: &tokio::runtime::Runtime, tasks: usize, callers: usize) {
         server * 1e6 / tasks as f64,
         (client + server) / wall
     );
+    claims(runtime, &storage, &settings, postmaster, tasks);
+}
+
+/// Dispatch through the database: `tasks` queued tasks claimed in batches and finished, by
+/// claimers spread over several hosts' pools.
+fn claims(
+    runtime: &tokio::runtime::Runtime,
+    storage: &Arc<dyn Storage>,
+    settings: &PgSettings,
+    postmaster: u32,
+    tasks: usize,
+) {
+    const CLAIMERS_PER_HOST: usize = 4;
+    let hosts = env_or("STORAGE_BENCH_HOSTS", 3).max(1);
+    let batch = env_or("STORAGE_BENCH_CLAIM_BATCH", 16).max(1);
+    runtime.block_on(async {
+        let mut creators = Vec::new();
+        for caller in 0..64 {
+            let storage = storage.clone();
+            creators.push(tokio::spawn(async move {
+                for n in (caller..tasks).step_by(64) {
+                    let queued = task(format!("claim-{n:08}"));
+                    storage.create_task(&queued, &[]).await.expect("queued");
+                }
+            }));
+        }
+        for creator in creators {
+            creator.await.expect("queued all");
+        }
+    });
+    let pools: Vec<sqlx::PgPool> = (0..hosts)
+        .map(|_| runtime.block_on(connect(settings)).expect("host pool"))
+        .collect();
+    let pid = std::process::id().to_string();
+    let (client_before, server_before) = (cpu_seconds(&pid), cluster_cpu_seconds(postmaster));
+    let start = Instant::now();
+    let statements = runtime.block_on(async {
+        let mut claimers = Vec::new();
+        for (host, pool) in pools.iter().enumerate() {
+            for _ in 0..CLAIMERS_PER_HOST {
+                claimers.push(tokio::spawn(claim_until_empty(
+                    pool.clone(),
+                    format!("bench-host-{host}"),
+                    batch,
+                )));
+            }
+        }
+        let mut transactions = 0;
+        for claimer in claimers {
+            transactions += claimer.await.expect("claimer finished");
+        }
+        transactions
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let client = cpu_seconds(&pid) - client_before;
+    let server = cluster_cpu_seconds(postmaster) - server_before;
+    println!(
+        "dispatch through claims: {tasks} tasks, {hosts} host pools x {CLAIMERS_PER_HOST} claimers, batches of {batch}: {:.0} tasks/s ({wall:.2} s), {:.2} transactions per task",
+        tasks as f64 / wall,
+        statements as f64 / tasks as f64
+    );
+    println!(
+        "  CPU: host side {:.0} µs per task, PostgreSQL {:.0} µs per task; {:.2} cores in all",
+        client * 1e6 / tasks as f64,
+        server * 1e6 / tasks as f64,
+        (client + server) / wall
+    );
+}
+
+/// Claims and completes tasks until none is ready; returns the transactions it made.
+async fn claim_until_empty(pool: sqlx::PgPool, host: String, batch: usize) -> usize {
+    let ttl = std::time::Duration::from_secs(60);
+    let plugins = ["testkit".to_owned()];
+    let mut transactions = 0;
+    loop {
+        let claimed = leases::claim(&pool, &host, &plugins, batch, ttl, |task| {
+            task.status = TaskStatus::Running;
+            task.attempt += 1;
+            vec![EventData::Started {
+                attempt: task.attempt,
+            }]
+        })
+        .await
+        .expect("claim");
+        transactions += 1;
+        if claimed.is_empty() {
+            return transactions;
+        }
+        let finishes = claimed.into_iter().map(|(mut task, lease, _)| {
+            let pool = pool.clone();
+            async move {
+                task.status = TaskStatus::Completed;
+                task.result = Some(json!({"n": 1}));
+                let completed = EventData::Completed {
+                    result: json!({"n": 1}),
+                };
+                leases::finish(&pool, &lease, &task, &[completed])
+                    .await
+                    .expect("finish")
+                    .expect("lease held");
+            }
+        });
+        let finished = futures::future::join_all(finishes).await;
+        transactions += finished.len();
+    }
 }
 
 /// CPU seconds of a PostgreSQL cluster: the postmaster with the children it reaped, and the
