@@ -296,10 +296,9 @@ fn claims(
 /// Claims and completes tasks until none is ready; returns the transactions it made.
 async fn claim_until_empty(pool: sqlx::PgPool, host: String, batch: usize) -> usize {
     let ttl = std::time::Duration::from_secs(60);
-    let plugins = ["testkit".to_owned()];
     let mut transactions = 0;
     loop {
-        let claimed = leases::claim(&pool, &host, &plugins, batch, ttl, |task| {
+        let claimed = leases::claim(&pool, &host, "testkit", batch, ttl, |task| {
             task.status = TaskStatus::Running;
             task.attempt += 1;
             vec![EventData::Started {

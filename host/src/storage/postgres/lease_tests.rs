@@ -47,16 +47,9 @@ async fn two_hosts_claiming_at_once_start_each_task_exactly_once() {
     let claim_all = |pool: sqlx::PgPool, host: &'static str| async move {
         let mut mine = Vec::new();
         for _ in 0..1000 {
-            let batch = leases::claim(
-                &pool,
-                host,
-                &["p".into()],
-                7,
-                Duration::from_secs(30),
-                start,
-            )
-            .await
-            .expect("claim");
+            let batch = leases::claim(&pool, host, "p", 7, Duration::from_secs(30), start)
+                .await
+                .expect("claim");
             if batch.is_empty() {
                 break;
             }
@@ -95,7 +88,7 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_host_can_neither_renew_nor_fi
     queue(&a, std::iter::once("job".to_string())).await;
     let short = Duration::from_millis(300);
 
-    let (task, lease_a, _) = leases::claim(&a, "host-a", &["p".into()], 1, short, start)
+    let (task, lease_a, _) = leases::claim(&a, "host-a", "p", 1, short, start)
         .await
         .expect("claim")
         .pop()
@@ -114,7 +107,7 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_host_can_neither_renew_nor_fi
         .await
         .expect("sweep");
     assert_eq!(requeued.len(), 1);
-    let (retaken, lease_b, _) = leases::claim(&b, "host-b", &["p".into()], 1, short * 10, start)
+    let (retaken, lease_b, _) = leases::claim(&b, "host-b", "p", 1, short * 10, start)
         .await
         .expect("claim again")
         .pop()
@@ -170,35 +163,21 @@ async fn insert(pool: &sqlx::PgPool, task: &Task) {
 }
 
 async fn claim_ids(pool: &sqlx::PgPool, plugin: &str) -> Vec<String> {
-    leases::claim(
-        pool,
-        "host-a",
-        &[plugin.to_owned()],
-        10,
-        Duration::from_secs(30),
-        start,
-    )
-    .await
-    .expect("claim")
-    .into_iter()
-    .map(|(task, _, _)| task.id)
-    .collect()
+    leases::claim(pool, "host-a", plugin, 10, Duration::from_secs(30), start)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|(task, _, _)| task.id)
+        .collect()
 }
 
 /// Claims the one ready task of `plugin`.
 async fn claim_one(pool: &sqlx::PgPool, plugin: &str) -> (Task, leases::Lease) {
-    let (task, lease, _) = leases::claim(
-        pool,
-        "host-a",
-        &[plugin.to_owned()],
-        1,
-        Duration::from_secs(30),
-        start,
-    )
-    .await
-    .expect("claim")
-    .pop()
-    .expect("a ready task");
+    let (task, lease, _) = leases::claim(pool, "host-a", plugin, 1, Duration::from_secs(30), start)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("a ready task");
     (task, lease)
 }
 
@@ -285,7 +264,7 @@ async fn renewing_hands_the_holder_its_control_requests_once_and_reports_leases_
     let pool = connect(&settings(cluster.url())).await.expect("connects");
     queue(&pool, ["one", "two", "idle"].into_iter().map(String::from)).await;
     let short = Duration::from_millis(300);
-    let held: Vec<_> = leases::claim(&pool, "host-a", &["p".into()], 2, short, start)
+    let held: Vec<_> = leases::claim(&pool, "host-a", "p", 2, short, start)
         .await
         .expect("claim")
         .into_iter()

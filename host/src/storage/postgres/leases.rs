@@ -21,7 +21,7 @@ pub struct Lease {
     pub token: i64,
 }
 
-/// Claims up to `limit` ready tasks of `plugins` for `host`, best priority first, then oldest;
+/// Claims up to `limit` ready tasks of `plugin` for `host`, best priority first, then oldest;
 /// rows another host is claiming at the same moment are skipped, not waited for. A task is
 /// ready when it is queued, its queue is not paused (a pause holds on every host) and every
 /// task it depends on completed. `start` turns each task into its running form and says
@@ -29,20 +29,22 @@ pub struct Lease {
 pub async fn claim(
     pool: &PgPool,
     host: &str,
-    plugins: &[String],
+    plugin: &str,
     limit: usize,
     ttl: Duration,
     start: impl Fn(&mut Task) -> Vec<EventData>,
 ) -> Result<Vec<(Task, Lease, Vec<Event>)>, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
     let rows = sqlx::query(
-        "SELECT t.body FROM tasks t WHERE t.status = 'queued' AND t.plugin = ANY($1) \
+        // One plugin, compared with `=`, so that the walk follows `tasks_ready` in claim order
+        // and stops after `limit` rows; with `= ANY(…)` it sorted every queued task per claim.
+        "SELECT t.body FROM tasks t WHERE t.status = 'queued' AND t.plugin = $1 \
          AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.plugin = t.plugin) \
-         AND NOT EXISTS (SELECT 1 FROM unnest(t.depends_on) AS d(id) \
-             LEFT JOIN tasks dep ON dep.id = d.id WHERE dep.status IS DISTINCT FROM 'completed') \
+         AND (t.depends_on = '{}' OR NOT EXISTS (SELECT 1 FROM unnest(t.depends_on) AS d(id) \
+             LEFT JOIN tasks dep ON dep.id = d.id WHERE dep.status IS DISTINCT FROM 'completed')) \
          ORDER BY t.priority DESC, t.created_at, t.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED",
     )
-    .bind(plugins)
+    .bind(plugin)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(&mut *tx)
     .await

@@ -48,6 +48,9 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, StorageError> {
     let options: PgConnectOptions = settings.url.parse().map_err(|e: sqlx::Error| {
         StorageError::Backend(format!("the PostgreSQL URL is not valid: {e}"))
     })?;
+    // The planner prices a claim's walk of the ready index before its LIMIT, high enough to
+    // JIT-compile it: 16 ms of compilation for a 0.1 ms query, on every claim.
+    let options = options.options([("jit", "off")]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.pool_size.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
