@@ -193,11 +193,16 @@ async fn with_queued_dependency() -> (PgCluster, sqlx::PgPool) {
     (cluster, pool)
 }
 
-/// Ends the run `lease` holds with `status`.
-async fn end(pool: &sqlx::PgPool, lease: &leases::Lease, task: &Task, status: TaskStatus) {
+/// `task` in `status`.
+fn ended(task: &Task, status: TaskStatus) -> Task {
     let mut ended = task.clone();
     ended.status = status;
-    leases::finish(pool, lease, &ended, &[])
+    ended
+}
+
+/// Ends the run `lease` holds with `status`.
+async fn end(pool: &sqlx::PgPool, lease: &leases::Lease, task: &Task, status: TaskStatus) {
+    leases::finish(pool, lease, &ended(task, status), &[])
         .await
         .expect("finish")
         .expect("lease held");
@@ -344,4 +349,58 @@ async fn a_due_scheduled_task_is_queued_once_however_many_hosts_look() {
     assert_eq!(count_p(&a, TaskStatus::Queued).await, 1);
     assert_eq!(count_p(&a, TaskStatus::Scheduled).await, 1);
     assert_eq!(claim_ids(&a, "p").await, vec!["due".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_run_paused_at_a_checkpoint_keeps_its_lease_ends_from_paused_and_is_released_when_it_lapses()
+ {
+    let cluster = PgCluster::start();
+    let pool = connect(&settings(cluster.url())).await.expect("connects");
+    queue(&pool, ["kept", "abandoned"].into_iter().map(String::from)).await;
+    let short = Duration::from_millis(300);
+    let claimed = leases::claim(&pool, "host-a", "p", 2, short, start)
+        .await
+        .expect("claim");
+    let mut held = Vec::new();
+    for (task, lease, _) in claimed {
+        let paused = ended(&task, TaskStatus::Paused);
+        let mut tx = pool.begin().await.expect("begin");
+        tasks::update(&mut tx, &paused, TaskStatus::Running, &[EventData::Paused])
+            .await
+            .expect("paused in place");
+        tx.commit().await.expect("commit");
+        held.push((paused, lease));
+    }
+    let (kept, kept_lease) = &held[0];
+    let (abandoned, abandoned_lease) = &held[1];
+
+    // Cancelled while paused: the outcome is written from `paused`.
+    let written = leases::finish(&pool, kept_lease, &ended(kept, TaskStatus::Cancelled), &[])
+        .await
+        .expect("finish");
+    assert!(written.is_some(), "the holder's outcome was refused");
+    assert_eq!(count_p(&pool, TaskStatus::Cancelled).await, 1);
+
+    // Its host dies: once the lease lapses it is released, still paused, and nobody holds it.
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    assert!(
+        leases::requeue_lapsed(&pool, 10, requeue)
+            .await
+            .expect("sweep")
+            .is_empty(),
+        "a paused task is not queued by the sweeper"
+    );
+    assert_eq!(count_p(&pool, TaskStatus::Paused).await, 1);
+    assert!(
+        !leases::request_control(&pool, &abandoned.id, ControlRequest::Resume)
+            .await
+            .expect("request"),
+        "a released task has no holder to ask"
+    );
+    assert_eq!(
+        leases::renew_all(&pool, std::slice::from_ref(abandoned_lease), short)
+            .await
+            .expect("renew"),
+        vec![Renewal::Lost]
+    );
 }

@@ -99,7 +99,8 @@ pub async fn renew(pool: &PgPool, lease: &Lease, ttl: Duration) -> Result<bool, 
 }
 
 /// Writes the outcome of the run `lease` holds (`task` in its new status, and its events);
-/// `None` when the lease was lost, in which case nothing is written.
+/// `None` when the lease was lost, in which case nothing is written. The run may be paused at
+/// a checkpoint when it ends (cancelled while paused): its host still holds it.
 pub async fn finish(
     pool: &PgPool,
     lease: &Lease,
@@ -107,29 +108,36 @@ pub async fn finish(
     added: &[EventData],
 ) -> Result<Option<Vec<Event>>, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
-    let updated = sqlx::query(
-        "UPDATE tasks SET status = $4, updated_at = $5, body = $6, lease_host = NULL, \
-         lease_expires = NULL, control = NULL \
-         WHERE id = $1 AND lease_host = $2 AND lease_token = $3 AND status = 'running'",
+    let held: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM tasks WHERE id = $1 AND lease_host = $2 AND lease_token = $3 \
+         AND status IN ('running', 'paused') FOR UPDATE",
     )
     .bind(&lease.task_id)
     .bind(&lease.host)
     .bind(lease.token)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(pg_error)?;
+    let Some(was) = held.as_deref().and_then(TaskStatus::parse) else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "UPDATE tasks SET status = $2, updated_at = $3, body = $4, lease_host = NULL, \
+         lease_expires = NULL, control = NULL WHERE id = $1",
+    )
+    .bind(&lease.task_id)
     .bind(task.status.as_str())
     .bind(task.updated_at)
     .bind(encode(task)?)
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
-    if updated.rows_affected() != 1 {
-        return Ok(None);
-    }
-    tasks::recount(&mut tx, &task.plugin, TaskStatus::Running, task.status).await?;
+    tasks::recount(&mut tx, &task.plugin, was, task.status).await?;
     // The run moved the task between statuses of one cell: its key (owner, plugin, project,
     // creation day) is the same before and after.
-    let mut running = task.clone();
-    running.status = TaskStatus::Running;
-    stat_cells::apply(&mut tx, cells::changes(Some(&running), Some(task))).await?;
+    let mut before = task.clone();
+    before.status = was;
+    stat_cells::apply(&mut tx, cells::changes(Some(&before), Some(task))).await?;
     let stored = events::append(&mut tx, task, added).await?;
     tx.commit().await.map_err(pg_error)?;
     Ok(Some(stored))
@@ -137,7 +145,8 @@ pub async fn finish(
 
 /// Puts back up to `limit` running tasks whose lease lapsed, for any host to claim again;
 /// `requeue` turns each into its queued form (the next claim is a new attempt, as after a
-/// crash). The token moves on, so the lapsed holder can neither renew nor finish.
+/// crash). The token moves on, so the lapsed holder can neither renew nor finish. A task
+/// paused at a checkpoint whose lease lapsed stays paused, released: resuming it queues it.
 pub async fn requeue_lapsed(
     pool: &PgPool,
     limit: usize,
@@ -171,6 +180,14 @@ pub async fn requeue_lapsed(
         events::append(&mut tx, &task, &added).await?;
         requeued.push(task);
     }
+    sqlx::query(
+        "UPDATE tasks SET lease_host = NULL, lease_expires = NULL, \
+         lease_token = lease_token + 1, control = NULL \
+         WHERE status = 'paused' AND lease_expires < now()",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(requeued)
 }
