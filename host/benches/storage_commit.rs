@@ -30,6 +30,7 @@ use serde_json::json;
 use support::{cpu_seconds, disk_bytes, env_or, full_run, stat_fields, stat_seconds};
 use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
 use taskhost::storage::postgres::{PgSettings, PgStorage, connect, leases};
+use taskhost::storage::shared::Finished;
 use taskhost::storage::{SledStorage, Storage};
 
 /// The private cluster the backend's tests start, here with fsync on.
@@ -311,18 +312,19 @@ async fn claim_until_empty(pool: sqlx::PgPool, host: String, batch: usize) -> us
         if claimed.is_empty() {
             return transactions;
         }
-        let finishes = claimed.into_iter().map(|(mut task, lease, _)| {
+        let finishes = claimed.into_iter().map(|(_, lease, _)| {
             let pool = pool.clone();
             async move {
-                task.status = TaskStatus::Completed;
-                task.result = Some(json!({"n": 1}));
-                let completed = EventData::Completed {
-                    result: json!({"n": 1}),
-                };
-                leases::finish(&pool, &lease, &task, &[completed])
-                    .await
-                    .expect("finish")
-                    .expect("lease held");
+                let finished = leases::finish(&pool, &lease, |task| {
+                    task.status = TaskStatus::Completed;
+                    task.result = Some(json!({"n": 1}));
+                    Some(vec![EventData::Completed {
+                        result: json!({"n": 1}),
+                    }])
+                })
+                .await
+                .expect("finish");
+                assert!(matches!(finished, Finished::Written(..)), "lease lost");
             }
         });
         let finished = futures::future::join_all(finishes).await;

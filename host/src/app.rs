@@ -111,6 +111,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     let runners = Runners::new(config.runners.clone());
     runners.spawn_reaper();
     let engine = Engine::start(
+        membership.host_id().to_owned(),
         storage,
         registry.clone(),
         secrets,

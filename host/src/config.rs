@@ -14,6 +14,8 @@
 //! retry_max_ms = 300000
 //! cancel_grace_s = 5
 //! shutdown_grace_s = 10
+//! lease_s = 30                       # shared store: a dead host's runs are taken over after it
+//! claim_poll_ms = 500                # shared store: look for work this often without a wake-up
 //!
 //! [storage]
 //! backend = "sled"                   # or "postgres": a database several hosts share
@@ -243,6 +245,11 @@ impl Config {
                 "runners: heartbeat_interval_s, offline_after_s, lease_s and max_deliveries must \
                  be at least 1, max_claim_wait_ms at most 600000"
                     .into(),
+            ));
+        }
+        if self.engine.lease_s < 2 || !(10..=60_000).contains(&self.engine.claim_poll_ms) {
+            return Err(ConfigError::Invalid(
+                "engine: lease_s must be at least 2, claim_poll_ms between 10 and 60000".into(),
             ));
         }
         if self.max_body_bytes < 1024 || self.max_plugin_bytes < 1024 {

@@ -17,12 +17,13 @@ mod retention;
 mod scheduler;
 mod scheduling;
 mod services;
+mod shared_dispatch;
 mod stats;
 mod tasks;
 mod validation;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ use crate::policy::{self, PluginAccess};
 use crate::registry::{LoadedPlugin, PluginRegistry};
 use crate::runners::Runners;
 use crate::runtime::{TaskControl, TaskFailure};
+use crate::storage::shared::Lease;
 use crate::storage::{Storage, StorageError, TaskQuery};
 use scheduler::Scheduler;
 
@@ -68,6 +70,13 @@ pub struct EngineConfig {
     pub cancel_grace_s: u64,
     /// How long shutdown waits for running tasks to reach a checkpoint.
     pub shutdown_grace_s: u64,
+    /// On a store several hosts share: how long a run's lease lasts without renewal. A host
+    /// renews its leases every second (or a third of this, when shorter); when it dies,
+    /// another host takes its runs over once their leases lapse.
+    pub lease_s: u64,
+    /// On a shared store: how often a host looks for ready work and sweeps (lapsed leases,
+    /// due tasks) when no event woke it.
+    pub claim_poll_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +87,8 @@ impl Default for EngineConfig {
             retry_max_ms: 300_000,
             cancel_grace_s: 5,
             shutdown_grace_s: 10,
+            lease_s: 30,
+            claim_poll_ms: 500,
         }
     }
 }
@@ -119,6 +130,8 @@ pub struct QueueInfo {
 /// A run in flight.
 struct RunningTask {
     control: TaskControl,
+    /// This host's lease on the run, on a shared store.
+    lease: Option<Lease>,
 }
 
 /// The engine. Cheap to clone.
@@ -129,6 +142,13 @@ pub struct Engine {
 
 pub(crate) struct Inner {
     storage: Arc<dyn Storage>,
+    /// This host among those sharing the store (it holds the leases of its runs).
+    host_id: String,
+    /// Plugins that may have ready tasks to claim from a shared store (from events and
+    /// freed slots); every plugin is looked at on the poll.
+    claim_hints: Mutex<BTreeSet<String>>,
+    /// Wakes the sweep of a shared store: a task failed and its dependents may fail too.
+    sweep_wake: Notify,
     /// Seals the secret fields of task inputs.
     secrets: Arc<SecretBox>,
     registry: Arc<PluginRegistry>,
@@ -171,6 +191,7 @@ impl Engine {
     /// Opens the engine over `storage`: recovers runs a crash interrupted, rebuilds the
     /// schedule and starts dispatching.
     pub async fn start(
+        host_id: String,
         storage: Arc<dyn Storage>,
         registry: Arc<PluginRegistry>,
         secrets: Arc<SecretBox>,
@@ -180,6 +201,9 @@ impl Engine {
         let inner = Arc::new(Inner {
             secrets,
             storage,
+            host_id,
+            claim_hints: Mutex::new(BTreeSet::new()),
+            sweep_wake: Notify::new(),
             registry,
             config,
             sched: Mutex::new(Scheduler::default()),
@@ -191,8 +215,13 @@ impl Engine {
             system: broadcast::channel(SYSTEM_NOTICE_CAPACITY).0,
             runners,
         });
-        inner.recover().await?;
-        tokio::spawn(inner.clone().dispatch_loop());
+        if inner.storage.shared().is_some() {
+            inner.recover_shared().await?;
+            inner.clone().spawn_shared_dispatch();
+        } else {
+            inner.recover().await?;
+            tokio::spawn(inner.clone().dispatch_loop());
+        }
         Ok(Self { inner })
     }
 

@@ -29,6 +29,9 @@ impl Inner {
         if task.executor == Executor::External {
             return Ok(None);
         }
+        if self.storage.shared().is_some() {
+            return self.schedule_shared(task).await;
+        }
         match task.status {
             TaskStatus::Scheduled => {
                 let due = task.scheduled_at.map_or(0, |t| t.timestamp_millis());
@@ -65,6 +68,22 @@ impl Inner {
             },
             _ => {}
         }
+        Ok(None)
+    }
+
+    /// On a shared store the store is the queue: a queued task needs only a claim, which
+    /// waits for its dependencies itself; a scheduled one is queued by the sweep when due.
+    /// A dependency that already failed fails the task at once.
+    async fn schedule_shared(&self, task: &Task) -> Result<Option<Task>, EngineError> {
+        if task.status != TaskStatus::Queued {
+            return Ok(None);
+        }
+        if let Dependencies::Failed(dependency) =
+            self.pending_dependencies(&task.depends_on).await?
+        {
+            return self.fail_for_dependency(&task.id, &dependency).await;
+        }
+        self.hint_claim(&task.plugin);
         Ok(None)
     }
 
@@ -115,6 +134,14 @@ impl Inner {
 
     /// After a task ended: its dependents may run, or fail in turn.
     pub(crate) async fn on_terminal(&self, task: &Task) {
+        if self.storage.shared().is_some() {
+            // The store knows every host's dependents: a claim passes them over until their
+            // dependencies completed, and the sweep fails those a failure strands.
+            if task.status != TaskStatus::Completed {
+                self.sweep_wake.notify_one();
+            }
+            return;
+        }
         let mut finished = vec![task.clone()];
         while let Some(done) = finished.pop() {
             let dependents = lock(&self.sched).take_dependents(&done.id);

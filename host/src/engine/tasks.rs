@@ -2,6 +2,10 @@
 //! them, each checked against the principal asking.
 
 use super::*;
+use crate::storage::shared::ControlRequest;
+
+/// How often a control change is tried when a host claims the task in between.
+const CONTROL_ATTEMPTS: usize = 3;
 
 impl Engine {
     pub(super) async fn load(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
@@ -35,15 +39,18 @@ impl Engine {
         Ok(task)
     }
 
-    /// Gives a cooperative plugin up to a second to reach its checkpoint and leave `from`, so
-    /// that the answer to a pause or resume shows the new status.
+    /// Gives a cooperative plugin up to a second (plus `relay`, for a request to reach the
+    /// host running it) to reach its checkpoint and leave `from`, so that the answer to a
+    /// pause or resume shows the new status.
     pub(super) async fn await_status_change(
         &self,
         principal: &Principal,
         id: &str,
         from: TaskStatus,
+        relay: Duration,
     ) -> Result<Task, EngineError> {
-        for _ in 0..50 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1) + relay;
+        while tokio::time::Instant::now() < deadline {
             let current = self.load(principal, id).await?;
             if current.status != from {
                 return Ok(current);
@@ -188,7 +195,8 @@ impl Engine {
     }
 
     /// Cancels a task. A running plugin is asked to stop, then killed after the grace period;
-    /// this returns once the task is cancelled (or has ended otherwise).
+    /// this returns once the task is cancelled (or has ended otherwise). On a shared store a
+    /// run another host holds is asked through the store, and its host stops it.
     pub async fn cancel(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
         let task = self.load_for_control(principal, id, "cancel").await?;
         if task.status.is_terminal() {
@@ -197,83 +205,141 @@ impl Engine {
                 task.status
             )));
         }
-        let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
-        match control {
-            Some(control) => {
-                let mut events = self.inner.storage.subscribe();
-                control.cancel();
-                let grace = Duration::from_secs(self.inner.config.cancel_grace_s);
-                let killer = control.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    killer.kill();
-                });
-                let ended = async {
-                    loop {
-                        match events.recv().await {
-                            Ok(event) if event.task_id == id && event.data.ends_run() => return,
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                if self
-                                    .inner
-                                    .storage
-                                    .get_task(id)
-                                    .await
-                                    .ok()
-                                    .flatten()
-                                    .is_some_and(|t| t.status.is_terminal())
-                                {
-                                    return;
-                                }
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(grace + Duration::from_secs(2), ended).await;
-                self.load(principal, id).await
+        for _ in 0..CONTROL_ATTEMPTS {
+            // Subscribed first, so that the end of the run cannot slip by before the wait.
+            let events = self.inner.storage.subscribe();
+            let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
+            if let Some(control) = control {
+                self.inner.cancel_run(&control);
+                return self.await_end(principal, id, events, Duration::ZERO).await;
             }
-            None => {
-                let (task, _) = self
-                    .inner
-                    .modify(id, |task| {
-                        transition(task, TaskStatus::Cancelled)?;
-                        Ok(vec![EventData::Cancelled {
-                            reason: "cancelled by request".into(),
-                        }])
-                    })
-                    .await?;
-                lock(&self.inner.sched).remove(id);
-                self.inner.storage.sync().await?;
-                self.inner.on_terminal(&task).await;
-                Ok(task)
+            if self
+                .inner
+                .request_control(id, ControlRequest::Cancel)
+                .await?
+            {
+                let relay = self.inner.renew_every();
+                return self.await_end(principal, id, events, relay).await;
+            }
+            let mut held = false;
+            let cancelled = self
+                .inner
+                .modify(id, |task| {
+                    held = self.inner.held_by_a_host(task);
+                    if held {
+                        return Err(EngineError::Conflict(format!("task {id} just started")));
+                    }
+                    transition(task, TaskStatus::Cancelled)?;
+                    Ok(vec![EventData::Cancelled {
+                        reason: "cancelled by request".into(),
+                    }])
+                })
+                .await;
+            match cancelled {
+                // Claimed by a host in between: ask that host.
+                Err(EngineError::Conflict(_)) if held => continue,
+                Err(e) => return Err(e),
+                Ok((task, _)) => {
+                    lock(&self.inner.sched).remove(id);
+                    self.inner.storage.sync().await?;
+                    self.inner.on_terminal(&task).await;
+                    return Ok(task);
+                }
             }
         }
+        Err(EngineError::Conflict(format!(
+            "task {id} is changing too fast; try again"
+        )))
+    }
+
+    /// Waits (within the cancel grace, plus `relay` for a request to reach another host) for
+    /// the run of `id` to end, then reads the task.
+    async fn await_end(
+        &self,
+        principal: &Principal,
+        id: &str,
+        mut events: tokio::sync::broadcast::Receiver<crate::model::Event>,
+        relay: Duration,
+    ) -> Result<Task, EngineError> {
+        let grace = Duration::from_secs(self.inner.config.cancel_grace_s);
+        let ended = async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.task_id == id && event.data.ends_run() => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if self
+                            .inner
+                            .storage
+                            .get_task(id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|t| t.status.is_terminal())
+                        {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(grace + relay + Duration::from_secs(2), ended).await;
+        self.load(principal, id).await
     }
 
     /// Pauses a task: a running plugin at its next checkpoint, a waiting task at once.
     pub async fn pause(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
         self.load_for_control(principal, id, "pause").await?;
-        let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
-        if let Some(control) = control {
-            if !control.pause() {
-                return Err(EngineError::Conflict(format!("task {id} is stopping")));
+        for _ in 0..CONTROL_ATTEMPTS {
+            let control = lock(&self.inner.running).get(id).map(|r| r.control.clone());
+            if let Some(control) = control {
+                if !control.pause() {
+                    return Err(EngineError::Conflict(format!("task {id} is stopping")));
+                }
+                // Give a cooperative plugin a moment to reach its checkpoint, so the answer
+                // shows it.
+                return self
+                    .await_status_change(principal, id, TaskStatus::Running, Duration::ZERO)
+                    .await;
             }
-            // Give a cooperative plugin a moment to reach its checkpoint, so the answer shows it.
-            return self
-                .await_status_change(principal, id, TaskStatus::Running)
+            let current = self.load(principal, id).await?;
+            if current.status == TaskStatus::Running
+                && self
+                    .inner
+                    .request_control(id, ControlRequest::Pause)
+                    .await?
+            {
+                let relay = self.inner.renew_every();
+                return self
+                    .await_status_change(principal, id, TaskStatus::Running, relay)
+                    .await;
+            }
+            let mut held = false;
+            let paused = self
+                .inner
+                .modify(id, |task| {
+                    held = self.inner.held_by_a_host(task);
+                    if held {
+                        return Err(EngineError::Conflict(format!("task {id} just started")));
+                    }
+                    transition(task, TaskStatus::Paused)?;
+                    Ok(vec![EventData::Paused])
+                })
                 .await;
+            match paused {
+                Err(EngineError::Conflict(_)) if held => continue,
+                Err(e) => return Err(e),
+                Ok((task, _)) => {
+                    lock(&self.inner.sched).remove(id);
+                    self.inner.storage.sync().await?;
+                    return Ok(task);
+                }
+            }
         }
-        let (task, _) = self
-            .inner
-            .modify(id, |task| {
-                transition(task, TaskStatus::Paused)?;
-                Ok(vec![EventData::Paused])
-            })
-            .await?;
-        lock(&self.inner.sched).remove(id);
-        self.inner.storage.sync().await?;
-        Ok(task)
+        Err(EngineError::Conflict(format!(
+            "task {id} is changing too fast; try again"
+        )))
     }
 
     pub async fn resume(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
@@ -288,7 +354,18 @@ impl Engine {
         if let Some(control) = control {
             control.resume();
             return self
-                .await_status_change(principal, id, TaskStatus::Paused)
+                .await_status_change(principal, id, TaskStatus::Paused, Duration::ZERO)
+                .await;
+        }
+        // Paused at a checkpoint of a run another host holds: that host lets it go on.
+        if self
+            .inner
+            .request_control(id, ControlRequest::Resume)
+            .await?
+        {
+            let relay = self.inner.renew_every();
+            return self
+                .await_status_change(principal, id, TaskStatus::Paused, relay)
                 .await;
         }
         let next = if task.executor == Executor::External && task.started_at.is_some() {

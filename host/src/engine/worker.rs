@@ -15,6 +15,55 @@ use super::{EngineError, Inner, RunningTask, lock, transition};
 use crate::auth::{redact, redact_value, secret_strings, unseal_into};
 use crate::model::{EventData, Executor, QueueCause, Task, TaskStatus};
 use crate::runtime::{Directive, Invocation, RunOutcome, TaskControl, TaskFailure};
+use crate::storage::shared::{Finished, Lease};
+
+/// Starts a queued task's next attempt.
+pub(super) fn start_attempt(task: &mut Task) -> Vec<EventData> {
+    task.status = TaskStatus::Running;
+    task.updated_at = Utc::now();
+    task.attempt += 1;
+    task.started_at = Some(task.updated_at);
+    task.error = None;
+    vec![EventData::Started {
+        attempt: task.attempt,
+    }]
+}
+
+/// A scheduled task whose time came, queued.
+pub(super) fn promote(task: &mut Task) -> Vec<EventData> {
+    task.status = TaskStatus::Queued;
+    task.updated_at = Utc::now();
+    task.scheduled_at = None;
+    vec![EventData::Queued {
+        status: TaskStatus::Queued,
+        scheduled_at: None,
+        cause: QueueCause::Created,
+    }]
+}
+
+/// A run its host lost (it stopped, or died): queued for a new attempt, or failed when that
+/// was the last one.
+pub(super) fn interrupted(task: &mut Task, cause: &str) -> Vec<EventData> {
+    task.updated_at = Utc::now();
+    if task.attempt >= task.max_attempts {
+        task.status = TaskStatus::Failed;
+        task.finished_at = Some(task.updated_at);
+        let failure = TaskFailure::new(
+            "INTERRUPTED",
+            format!("{cause} during the last attempt"),
+            false,
+        );
+        task.error = Some(failure.clone());
+        vec![EventData::Failed { error: failure }]
+    } else {
+        task.status = TaskStatus::Queued;
+        vec![EventData::Queued {
+            status: TaskStatus::Queued,
+            scheduled_at: None,
+            cause: QueueCause::Requeued(format!("{cause} during the run")),
+        }]
+    }
+}
 
 /// Longest the dispatcher sleeps without a wake-up (a safety net, not the mechanism).
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -44,23 +93,10 @@ impl Inner {
                 continue;
             }
             self.modify(&id, |task| {
-                if task.attempt >= task.max_attempts {
-                    transition(task, TaskStatus::Failed)?;
-                    let failure = TaskFailure::new(
-                        "INTERRUPTED",
-                        "the host stopped during the last attempt",
-                        false,
-                    );
-                    task.error = Some(failure.clone());
-                    Ok(vec![EventData::Failed { error: failure }])
-                } else {
-                    transition(task, TaskStatus::Queued)?;
-                    Ok(vec![EventData::Queued {
-                        status: TaskStatus::Queued,
-                        scheduled_at: None,
-                        cause: QueueCause::Requeued("the host restarted during the run".into()),
-                    }])
+                if task.status != TaskStatus::Running {
+                    return Err(EngineError::Conflict("no longer running".into()));
                 }
+                Ok(interrupted(task, "the host restarted"))
             })
             .await?;
             requeued += 1;
@@ -113,13 +149,10 @@ impl Inner {
         for (id, _) in due {
             let promoted = self
                 .modify(&id, |task| {
-                    transition(task, TaskStatus::Queued)?;
-                    task.scheduled_at = None;
-                    Ok(vec![EventData::Queued {
-                        status: TaskStatus::Queued,
-                        scheduled_at: None,
-                        cause: QueueCause::Created,
-                    }])
+                    if task.status != TaskStatus::Scheduled {
+                        return Err(EngineError::Conflict("no longer scheduled".into()));
+                    }
+                    Ok(promote(task))
                 })
                 .await;
             match promoted {
@@ -158,6 +191,7 @@ impl Inner {
                     id.clone(),
                     RunningTask {
                         control: control.clone(),
+                        lease: None,
                     },
                 );
                 let inner = self.clone();
@@ -167,22 +201,21 @@ impl Inner {
         }
     }
 
-    fn release(&self, id: &str, plugin: &str) {
+    /// A run's slot is free again.
+    pub(super) fn release(&self, id: &str, plugin: &str) {
         lock(&self.running).remove(id);
         lock(&self.sched).finished(plugin);
+        lock(&self.claim_hints).insert(plugin.to_owned());
         self.wake.notify_one();
     }
 
     async fn run_task(self: Arc<Self>, id: String, plugin_name: String, control: TaskControl) {
         let started = self
             .modify(&id, |task| {
-                transition(task, TaskStatus::Running)?;
-                task.attempt += 1;
-                task.started_at = Some(Utc::now());
-                task.error = None;
-                Ok(vec![EventData::Started {
-                    attempt: task.attempt,
-                }])
+                if task.status != TaskStatus::Queued {
+                    return Err(EngineError::Conflict("no longer queued".into()));
+                }
+                Ok(start_attempt(task))
             })
             .await;
         let task = match started {
@@ -199,6 +232,20 @@ impl Inner {
                 return;
             }
         };
+        self.execute(task, plugin_name, control, None).await;
+    }
+
+    /// Runs a started task (`lease`: this host's hold on it, on a shared store) and records
+    /// how the run ended.
+    pub(super) async fn execute(
+        self: Arc<Self>,
+        task: Task,
+        plugin_name: String,
+        control: TaskControl,
+        lease: Option<Lease>,
+    ) {
+        let id = task.id.clone();
+        let lease = lease.as_ref();
         let Some(loaded) = self.registry.get(&plugin_name) else {
             self.release(&id, &plugin_name);
             self.finish(
@@ -210,6 +257,7 @@ impl Inner {
                 )),
                 Directive::Run,
                 &[],
+                lease,
             )
             .await;
             return;
@@ -230,8 +278,14 @@ impl Inner {
                         format!("the task's secret input cannot be read: {e}"),
                         false,
                     );
-                    self.finish(&task, RunOutcome::Failed(failure), Directive::Run, &[])
-                        .await;
+                    self.finish(
+                        &task,
+                        RunOutcome::Failed(failure),
+                        Directive::Run,
+                        &[],
+                        lease,
+                    )
+                    .await;
                     return;
                 }
             }
@@ -254,7 +308,8 @@ impl Inner {
         self.runners.cancel_task_jobs(&task.id);
         let directive = control.directive();
         self.release(&id, &plugin_name);
-        self.finish(&task, outcome, directive, &secrets).await;
+        self.finish(&task, outcome, directive, &secrets, lease)
+            .await;
     }
 
     /// A task whose start the store refused is still queued there: it goes back to the
@@ -298,6 +353,7 @@ impl Inner {
         mut outcome: RunOutcome,
         directive: Directive,
         secrets: &[String],
+        lease: Option<&Lease>,
     ) {
         match &mut outcome {
             RunOutcome::Completed(value) => redact_value(value, secrets),
@@ -311,7 +367,7 @@ impl Inner {
         // then stops and recovery puts the run back) or the host stops (the same).
         let mut delay = STORE_RETRY_FIRST;
         let result = loop {
-            match self.record_outcome(&id, &outcome, directive).await {
+            match self.record_outcome(&id, &outcome, directive, lease).await {
                 Err(EngineError::Storage(e))
                     if !self.stopping.load(Ordering::Acquire)
                         && self.storage.check_writable().is_ok() =>
@@ -324,7 +380,11 @@ impl Inner {
             }
         };
         let task = match result {
-            Ok((task, _)) => task,
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                warn!(task = %id, "this host's lease on the run was lost; its outcome is dropped");
+                return;
+            }
             Err(e) => {
                 error!(task = %id, error = %e, "could not record the end of a run");
                 return;
@@ -345,69 +405,91 @@ impl Inner {
     }
 
     /// Writes how a run ended: completed, retried, failed, cancelled, or back in the queue.
+    /// `None` when this host's lease on the run was lost (another host has the task).
     async fn record_outcome(
         self: &Arc<Self>,
         id: &str,
         outcome: &RunOutcome,
         directive: Directive,
-    ) -> Result<(Task, Vec<crate::model::Event>), EngineError> {
-        self.modify(id, |task| {
-            let now = Utc::now();
-            match &outcome {
-                RunOutcome::Completed(value) => {
-                    transition(task, TaskStatus::Completed)?;
-                    task.result = Some(value.clone());
-                    task.error = None;
-                    if let (Some(total), None) = (task.progress.total, task.progress.processed) {
-                        task.progress.processed = Some(total);
-                    }
-                    task.progress.refresh_percentage();
-                    Ok(vec![EventData::Completed {
-                        result: value.clone(),
-                    }])
+        lease: Option<&Lease>,
+    ) -> Result<Option<Task>, EngineError> {
+        let (Some(lease), Some(shared)) = (lease, self.storage.shared()) else {
+            let (task, _) = self
+                .modify(id, |task| self.outcome_change(task, outcome, directive))
+                .await?;
+            return Ok(Some(task));
+        };
+        let end = |task: &mut Task| self.outcome_change(task, outcome, directive).ok();
+        match shared.finish(lease, &end).await? {
+            Finished::Written(task, _) => Ok(Some(*task)),
+            Finished::Lost => Ok(None),
+            Finished::Declined => Err(EngineError::Conflict(format!(
+                "task {id} cannot end its run from where it is"
+            ))),
+        }
+    }
+
+    /// What the end of a run makes of its task, and the events that says.
+    fn outcome_change(
+        &self,
+        task: &mut Task,
+        outcome: &RunOutcome,
+        directive: Directive,
+    ) -> Result<Vec<EventData>, EngineError> {
+        let now = Utc::now();
+        match &outcome {
+            RunOutcome::Completed(value) => {
+                transition(task, TaskStatus::Completed)?;
+                task.result = Some(value.clone());
+                task.error = None;
+                if let (Some(total), None) = (task.progress.total, task.progress.processed) {
+                    task.progress.processed = Some(total);
                 }
-                RunOutcome::Failed(_) if directive == Directive::Shutdown => {
-                    // Stopped by shutdown: back to the queue, the attempt not counted.
-                    transition(task, TaskStatus::Queued)?;
-                    task.attempt = task.attempt.saturating_sub(1);
-                    Ok(vec![EventData::Queued {
-                        status: TaskStatus::Queued,
-                        scheduled_at: None,
-                        cause: QueueCause::Requeued("the host is shutting down".into()),
-                    }])
-                }
-                RunOutcome::Failed(failure) if directive == Directive::Cancel => {
-                    transition(task, TaskStatus::Cancelled)?;
-                    task.error = Some(failure.clone());
-                    Ok(vec![EventData::Cancelled {
-                        reason: failure.message.clone(),
-                    }])
-                }
-                RunOutcome::Failed(failure)
-                    if failure.retryable && task.attempt < task.max_attempts =>
-                {
-                    transition(task, TaskStatus::Scheduled)?;
-                    let delay = self.retry_delay(task.attempt);
-                    let at = now + chrono::Duration::milliseconds(delay.as_millis() as i64);
-                    task.scheduled_at = Some(at);
-                    task.error = Some(failure.clone());
-                    Ok(vec![EventData::Retrying {
-                        attempt: task.attempt,
-                        delay_ms: delay.as_millis() as u64,
-                        scheduled_at: at,
-                        error: failure.clone(),
-                    }])
-                }
-                RunOutcome::Failed(failure) => {
-                    transition(task, TaskStatus::Failed)?;
-                    task.error = Some(failure.clone());
-                    Ok(vec![EventData::Failed {
-                        error: failure.clone(),
-                    }])
-                }
+                task.progress.refresh_percentage();
+                Ok(vec![EventData::Completed {
+                    result: value.clone(),
+                }])
             }
-        })
-        .await
+            RunOutcome::Failed(_) if directive == Directive::Shutdown => {
+                // Stopped by shutdown: back to the queue, the attempt not counted.
+                transition(task, TaskStatus::Queued)?;
+                task.attempt = task.attempt.saturating_sub(1);
+                Ok(vec![EventData::Queued {
+                    status: TaskStatus::Queued,
+                    scheduled_at: None,
+                    cause: QueueCause::Requeued("the host is shutting down".into()),
+                }])
+            }
+            RunOutcome::Failed(failure) if directive == Directive::Cancel => {
+                transition(task, TaskStatus::Cancelled)?;
+                task.error = Some(failure.clone());
+                Ok(vec![EventData::Cancelled {
+                    reason: failure.message.clone(),
+                }])
+            }
+            RunOutcome::Failed(failure)
+                if failure.retryable && task.attempt < task.max_attempts =>
+            {
+                transition(task, TaskStatus::Scheduled)?;
+                let delay = self.retry_delay(task.attempt);
+                let at = now + chrono::Duration::milliseconds(delay.as_millis() as i64);
+                task.scheduled_at = Some(at);
+                task.error = Some(failure.clone());
+                Ok(vec![EventData::Retrying {
+                    attempt: task.attempt,
+                    delay_ms: delay.as_millis() as u64,
+                    scheduled_at: at,
+                    error: failure.clone(),
+                }])
+            }
+            RunOutcome::Failed(failure) => {
+                transition(task, TaskStatus::Failed)?;
+                task.error = Some(failure.clone());
+                Ok(vec![EventData::Failed {
+                    error: failure.clone(),
+                }])
+            }
+        }
     }
 
     pub(super) async fn shutdown(self: &Arc<Self>) {

@@ -18,6 +18,7 @@ pub mod commit;
 #[cfg(test)]
 pub mod conformance;
 pub mod postgres;
+pub mod shared;
 mod sled_index;
 mod sled_merge;
 mod sled_staging;
@@ -338,6 +339,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Which backend this is, for health reports (`sled`, `postgres`).
     fn backend_name(&self) -> &'static str;
+
+    /// Dispatch through the store, when several hosts share it: the engine then claims
+    /// tasks here instead of scheduling them in its own memory. `None` on a store only one
+    /// host opens.
+    fn shared(&self) -> Option<&dyn shared::SharedQueue> {
+        None
+    }
 
     /// Records that `host` is alive now, for the other hosts on a shared store. A store only
     /// one host can open has nobody to tell.

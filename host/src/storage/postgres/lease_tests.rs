@@ -4,11 +4,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::cluster::PgCluster;
-use super::leases::{ControlRequest, Renewal};
 use super::tests::settings;
 use super::{connect, leases, tasks};
 use crate::model::{EventData, QueueCause, Task, TaskStatus};
 use crate::storage::conformance;
+use crate::storage::shared::{ControlRequest, Finished, Lease, Renewal};
 
 fn start(task: &mut Task) -> Vec<EventData> {
     task.status = TaskStatus::Running;
@@ -93,7 +93,12 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_host_can_neither_renew_nor_fi
         .expect("claim")
         .pop()
         .expect("one task");
-    assert!(leases::renew(&a, &lease_a, short).await.expect("renew"));
+    assert_eq!(
+        leases::renew_all(&a, std::slice::from_ref(&lease_a), short)
+            .await
+            .expect("renew"),
+        vec![Renewal::Held(None)]
+    );
     // Host b finds nothing to take over while a's lease holds.
     assert!(
         leases::requeue_lapsed(&b, 10, requeue)
@@ -116,23 +121,35 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_host_can_neither_renew_nor_fi
     assert!(lease_b.token > lease_a.token);
 
     // Host a comes back late: its lease is gone and its outcome is refused.
-    assert!(!leases::renew(&a, &lease_a, short).await.expect("renew"));
-    let mut late = task.clone();
-    late.status = TaskStatus::Failed;
-    let refused = leases::finish(&a, &lease_a, &late, &[])
-        .await
-        .expect("finish");
-    assert!(refused.is_none(), "a fenced write was accepted");
+    assert_eq!(
+        leases::renew_all(&a, std::slice::from_ref(&lease_a), short)
+            .await
+            .expect("renew"),
+        vec![Renewal::Lost]
+    );
+    assert_eq!(task.attempt, 1);
+    let refused = leases::finish(&a, &lease_a, |late| {
+        late.status = TaskStatus::Failed;
+        Some(Vec::new())
+    })
+    .await
+    .expect("finish");
+    assert!(
+        matches!(refused, Finished::Lost),
+        "a fenced write was accepted"
+    );
 
-    let mut done = retaken.clone();
-    done.status = TaskStatus::Completed;
     let completed = EventData::Completed {
         result: serde_json::json!({"ok": true}),
     };
-    let written = leases::finish(&b, &lease_b, &done, &[completed])
-        .await
-        .expect("finish");
-    assert_eq!(written.map(|e| e.len()), Some(1));
+    let written = leases::finish(&b, &lease_b, |done| {
+        assert_eq!(done.attempt, 2, "the end is written over the stored task");
+        done.status = TaskStatus::Completed;
+        Some(vec![completed.clone()])
+    })
+    .await
+    .expect("finish");
+    assert!(matches!(written, Finished::Written(_, ref events) if events.len() == 1));
     assert_eq!(count_p(&b, TaskStatus::Completed).await, 1);
     assert_eq!(count_p(&b, TaskStatus::Running).await, 0);
     assert_eq!(count_p(&b, TaskStatus::Failed).await, 0);
@@ -172,7 +189,7 @@ async fn claim_ids(pool: &sqlx::PgPool, plugin: &str) -> Vec<String> {
 }
 
 /// Claims the one ready task of `plugin`.
-async fn claim_one(pool: &sqlx::PgPool, plugin: &str) -> (Task, leases::Lease) {
+async fn claim_one(pool: &sqlx::PgPool, plugin: &str) -> (Task, Lease) {
     let (task, lease, _) = leases::claim(pool, "host-a", plugin, 1, Duration::from_secs(30), start)
         .await
         .expect("claim")
@@ -194,18 +211,21 @@ async fn with_queued_dependency() -> (PgCluster, sqlx::PgPool) {
 }
 
 /// `task` in `status`.
-fn ended(task: &Task, status: TaskStatus) -> Task {
+fn with_status(task: &Task, status: TaskStatus) -> Task {
     let mut ended = task.clone();
     ended.status = status;
     ended
 }
 
 /// Ends the run `lease` holds with `status`.
-async fn end(pool: &sqlx::PgPool, lease: &leases::Lease, task: &Task, status: TaskStatus) {
-    leases::finish(pool, lease, &ended(task, status), &[])
-        .await
-        .expect("finish")
-        .expect("lease held");
+async fn end(pool: &sqlx::PgPool, lease: &Lease, status: TaskStatus) {
+    let finished = leases::finish(pool, lease, |task| {
+        task.status = status;
+        Some(Vec::new())
+    })
+    .await
+    .expect("finish");
+    assert!(matches!(finished, Finished::Written(..)), "lease not held");
 }
 
 #[tokio::test]
@@ -232,11 +252,12 @@ async fn a_claim_passes_over_paused_queues_and_tasks_whose_dependencies_have_not
         .await
         .expect("resume q");
     let (dep, lease) = claim_one(&pool, "q").await;
+    assert_eq!(dep.id, "dep");
     assert!(
         claim_ids(&pool, "p").await.is_empty(),
         "child waits while dep runs"
     );
-    end(&pool, &lease, &dep, TaskStatus::Completed).await;
+    end(&pool, &lease, TaskStatus::Completed).await;
     assert_eq!(claim_ids(&pool, "p").await, vec!["child".to_owned()]);
 }
 
@@ -252,7 +273,8 @@ async fn stranded_dependents_are_the_queued_tasks_waiting_for_a_failed_or_missin
     assert_eq!(stranded, vec![("orphan".to_owned(), "gone".to_owned())]);
 
     let (dep, lease) = claim_one(&pool, "q").await;
-    end(&pool, &lease, &dep, TaskStatus::Failed).await;
+    assert_eq!(dep.id, "dep");
+    end(&pool, &lease, TaskStatus::Failed).await;
     let stranded = leases::stranded_dependents(&pool, 10).await.expect("sweep");
     assert_eq!(
         stranded,
@@ -343,7 +365,7 @@ async fn a_due_scheduled_task_is_queued_once_however_many_hosts_look() {
         .expect("promote on a")
         .into_iter()
         .chain(on_b.expect("promote on b"))
-        .map(|task| task.id)
+        .map(|(task, _)| task.id)
         .collect();
     assert_eq!(promoted, vec!["due".to_owned()]);
     assert_eq!(count_p(&a, TaskStatus::Queued).await, 1);
@@ -363,7 +385,7 @@ async fn a_run_paused_at_a_checkpoint_keeps_its_lease_ends_from_paused_and_is_re
         .expect("claim");
     let mut held = Vec::new();
     for (task, lease, _) in claimed {
-        let paused = ended(&task, TaskStatus::Paused);
+        let paused = with_status(&task, TaskStatus::Paused);
         let mut tx = pool.begin().await.expect("begin");
         tasks::update(&mut tx, &paused, TaskStatus::Running, &[EventData::Paused])
             .await
@@ -371,14 +393,21 @@ async fn a_run_paused_at_a_checkpoint_keeps_its_lease_ends_from_paused_and_is_re
         tx.commit().await.expect("commit");
         held.push((paused, lease));
     }
-    let (kept, kept_lease) = &held[0];
+    let (_, kept_lease) = &held[0];
     let (abandoned, abandoned_lease) = &held[1];
 
     // Cancelled while paused: the outcome is written from `paused`.
-    let written = leases::finish(&pool, kept_lease, &ended(kept, TaskStatus::Cancelled), &[])
-        .await
-        .expect("finish");
-    assert!(written.is_some(), "the holder's outcome was refused");
+    let written = leases::finish(&pool, kept_lease, |task| {
+        assert_eq!(task.status, TaskStatus::Paused);
+        task.status = TaskStatus::Cancelled;
+        Some(Vec::new())
+    })
+    .await
+    .expect("finish");
+    assert!(
+        matches!(written, Finished::Written(..)),
+        "the holder's outcome was refused"
+    );
     assert_eq!(count_p(&pool, TaskStatus::Cancelled).await, 1);
 
     // Its host dies: once the lease lapses it is released, still paused, and nobody holds it.

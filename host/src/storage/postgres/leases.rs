@@ -10,16 +10,8 @@ use sqlx::{PgPool, Row};
 use super::{events, pg_error, stat_cells, tasks};
 use crate::model::{Event, EventData, Task, TaskStatus};
 use crate::storage::codec::{decode, encode};
+use crate::storage::shared::{ControlRequest, Finished, Lease, Renewal};
 use crate::storage::{StorageError, cells};
-
-/// A host's hold on one running task. `token` grows with every claim and takeover of the
-/// task, so an older holder's token no longer matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub task_id: String,
-    pub host: String,
-    pub token: i64,
-}
 
 /// Claims up to `limit` ready tasks of `plugin` for `host`, best priority first, then oldest;
 /// rows another host is claiming at the same moment are skipped, not waited for. A task is
@@ -82,34 +74,18 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Extends a lease by `ttl` from now; `false` when it is no longer the holder's (taken over).
-pub async fn renew(pool: &PgPool, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-    let renewed = sqlx::query(
-        "UPDATE tasks SET lease_expires = now() + $4 \
-         WHERE id = $1 AND lease_host = $2 AND lease_token = $3 AND status = 'running'",
-    )
-    .bind(&lease.task_id)
-    .bind(&lease.host)
-    .bind(lease.token)
-    .bind(ttl)
-    .execute(pool)
-    .await
-    .map_err(pg_error)?;
-    Ok(renewed.rows_affected() == 1)
-}
-
-/// Writes the outcome of the run `lease` holds (`task` in its new status, and its events);
-/// `None` when the lease was lost, in which case nothing is written. The run may be paused at
-/// a checkpoint when it ends (cancelled while paused): its host still holds it.
+/// Writes the end of the run `lease` holds: `end` gets the task as stored, locked, and returns
+/// its events (`None`: nothing to write). [`Finished::Lost`] when the lease is no longer the
+/// holder's, in which case nothing is written. The run may be paused at a checkpoint when it
+/// ends (cancelled while paused): its host still holds it.
 pub async fn finish(
     pool: &PgPool,
     lease: &Lease,
-    task: &Task,
-    added: &[EventData],
-) -> Result<Option<Vec<Event>>, StorageError> {
+    end: impl FnOnce(&mut Task) -> Option<Vec<EventData>>,
+) -> Result<Finished, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
-    let held: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM tasks WHERE id = $1 AND lease_host = $2 AND lease_token = $3 \
+    let held: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT body FROM tasks WHERE id = $1 AND lease_host = $2 AND lease_token = $3 \
          AND status IN ('running', 'paused') FOR UPDATE",
     )
     .bind(&lease.task_id)
@@ -118,8 +94,13 @@ pub async fn finish(
     .fetch_optional(&mut *tx)
     .await
     .map_err(pg_error)?;
-    let Some(was) = held.as_deref().and_then(TaskStatus::parse) else {
-        return Ok(None);
+    let Some(body) = held else {
+        return Ok(Finished::Lost);
+    };
+    let stored: Task = decode(&body)?;
+    let mut task = stored.clone();
+    let Some(added) = end(&mut task) else {
+        return Ok(Finished::Declined);
     };
     sqlx::query(
         "UPDATE tasks SET status = $2, updated_at = $3, body = $4, lease_host = NULL, \
@@ -128,19 +109,15 @@ pub async fn finish(
     .bind(&lease.task_id)
     .bind(task.status.as_str())
     .bind(task.updated_at)
-    .bind(encode(task)?)
+    .bind(encode(&task)?)
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
-    tasks::recount(&mut tx, &task.plugin, was, task.status).await?;
-    // The run moved the task between statuses of one cell: its key (owner, plugin, project,
-    // creation day) is the same before and after.
-    let mut before = task.clone();
-    before.status = was;
-    stat_cells::apply(&mut tx, cells::changes(Some(&before), Some(task))).await?;
-    let stored = events::append(&mut tx, task, added).await?;
+    tasks::recount(&mut tx, &task.plugin, stored.status, task.status).await?;
+    stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
+    let events = events::append(&mut tx, &task, &added).await?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(Some(stored))
+    Ok(Finished::Written(Box::new(task), events))
 }
 
 /// Puts back up to `limit` running tasks whose lease lapsed, for any host to claim again;
@@ -151,7 +128,7 @@ pub async fn requeue_lapsed(
     pool: &PgPool,
     limit: usize,
     requeue: impl Fn(&mut Task) -> Vec<EventData>,
-) -> Result<Vec<Task>, StorageError> {
+) -> Result<Vec<(Task, Vec<Event>)>, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
     let lapsed = lock_batch(
         &mut tx,
@@ -177,8 +154,8 @@ pub async fn requeue_lapsed(
         .map_err(pg_error)?;
         tasks::recount(&mut tx, &task.plugin, TaskStatus::Running, task.status).await?;
         stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
-        events::append(&mut tx, &task, &added).await?;
-        requeued.push(task);
+        let stored = events::append(&mut tx, &task, &added).await?;
+        requeued.push((task, stored));
     }
     sqlx::query(
         "UPDATE tasks SET lease_host = NULL, lease_expires = NULL, \
@@ -190,33 +167,6 @@ pub async fn requeue_lapsed(
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(requeued)
-}
-
-/// What a host asks of the run another host holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlRequest {
-    Cancel,
-    Pause,
-    Resume,
-}
-
-impl ControlRequest {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Cancel => "cancel",
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "cancel" => Some(Self::Cancel),
-            "pause" => Some(Self::Pause),
-            "resume" => Some(Self::Resume),
-            _ => None,
-        }
-    }
 }
 
 /// Leaves `request` for the host holding the lease of task `id`; `false` when no host holds
@@ -237,15 +187,6 @@ pub async fn request_control(
     .await
     .map_err(pg_error)?;
     Ok(left.rows_affected() == 1)
-}
-
-/// How one lease stands after [`renew_all`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Renewal {
-    /// Still the holder's, extended; with the control request left for it since, if any.
-    Held(Option<ControlRequest>),
-    /// Taken over (it lapsed) or ended: the holder must stop the run and write nothing more.
-    Lost,
 }
 
 /// Extends every lease in `held` by `ttl` from now in one statement, taking the control
@@ -301,7 +242,7 @@ pub async fn promote_due(
     pool: &PgPool,
     limit: usize,
     promote: impl Fn(&mut Task) -> Vec<EventData>,
-) -> Result<Vec<Task>, StorageError> {
+) -> Result<Vec<(Task, Vec<Event>)>, StorageError> {
     let mut tx = pool.begin().await.map_err(pg_error)?;
     let due = lock_batch(
         &mut tx,
@@ -315,8 +256,8 @@ pub async fn promote_due(
         let mut task = stored.clone();
         let added = promote(&mut task);
         tasks::rewrite(&mut tx, &stored, &task).await?;
-        events::append(&mut tx, &task, &added).await?;
-        promoted.push(task);
+        let stored = events::append(&mut tx, &task, &added).await?;
+        promoted.push((task, stored));
     }
     tx.commit().await.map_err(pg_error)?;
     Ok(promoted)

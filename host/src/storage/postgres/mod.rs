@@ -15,6 +15,7 @@ mod follow_tests;
 mod lease_tests;
 pub mod leases;
 mod listing;
+mod shared_queue;
 mod stat_cells;
 mod store;
 pub mod tasks;

@@ -61,6 +61,18 @@ impl PgStorage {
         })
     }
 
+    /// Notes that a committed write gave `events` their seqs, so that [`Storage::sync`]
+    /// waits for them to come round.
+    pub(super) fn note_written(&self, events: &[Event]) {
+        if let Some(last) = events.last() {
+            self.written.fetch_max(last.seq, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StorageError> {
         self.pool.begin().await.map_err(pg_error)
     }
@@ -72,9 +84,7 @@ impl PgStorage {
         events: &[Event],
     ) -> Result<(), StorageError> {
         tx.commit().await.map_err(pg_error)?;
-        if let Some(last) = events.last() {
-            self.written.fetch_max(last.seq, Ordering::AcqRel);
-        }
+        self.note_written(events);
         Ok(())
     }
 
@@ -446,6 +456,10 @@ impl Storage for PgStorage {
         .await
         .map_err(pg_error)?;
         bodies.into_iter().map(from_json).collect()
+    }
+
+    fn shared(&self) -> Option<&dyn crate::storage::shared::SharedQueue> {
+        Some(self)
     }
 
     fn backend_name(&self) -> &'static str {
