@@ -211,6 +211,7 @@ impl Inner {
 
     fn apply_renewal(&self, lease: &Lease, control: &TaskControl, renewal: Renewal) {
         match renewal {
+            Renewal::Lost if !self.still_renewing(lease) => {}
             Renewal::Lost => {
                 warn!(task = %lease.task_id, "lease lost to another host; stopping the run");
                 control.kill();
@@ -224,6 +225,14 @@ impl Inner {
             }
             Renewal::Held(None) => {}
         }
+    }
+
+    /// Whether the run `lease` was taken for is still renewing it, not ending.
+    fn still_renewing(&self, lease: &Lease) -> bool {
+        lock(&self.running)
+            .get(&lease.task_id)
+            .and_then(|run| run.lease.as_ref())
+            .is_some_and(|held| held.token == lease.token)
     }
 
     /// Asks a run to stop because it is cancelled, and kills it after the grace period.

@@ -419,6 +419,11 @@ impl Inner {
                 .await?;
             return Ok(Some(task));
         };
+        // The run is ending: no more renewals, and one already under way that finds the lease
+        // released by this finish is not mistaken for a lease lost to another host.
+        if let Some(run) = lock(&self.running).get_mut(id) {
+            run.lease = None;
+        }
         let end = |task: &mut Task| self.outcome_change(task, outcome, directive).ok();
         match shared.finish(lease, &end).await? {
             Finished::Written(task, _) => Ok(Some(*task)),

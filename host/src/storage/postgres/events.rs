@@ -9,59 +9,66 @@
 
 use sqlx::{PgConnection, PgPool};
 
+use super::tally::Tally;
 use super::{follow, pg_error};
 use crate::model::{Event, EventData, Task};
 use crate::storage::StorageError;
 use crate::storage::codec::{decode_event, encode};
 
 /// Gives `events` of `task` the next seqs and inserts them in the caller's transaction `tx`;
-/// they are visible to readers once `tx` commits, and never if it rolls back.
+/// they are visible to readers once `tx` commits, and never if it rolls back. Take it last
+/// in a transaction: it holds the one row every event writer needs until commit.
 pub async fn append(
     tx: &mut PgConnection,
     task: &Task,
     events: &[EventData],
 ) -> Result<Vec<Event>, StorageError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
+    let mut tally = Tally::default();
+    tally.events(task, events);
+    Ok(append_all(tx, tally.into_events())
+        .await?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// Gives every event in `groups` the next seq, in order, and inserts them all in `tx` with
+/// one statement; answers the groups as stored.
+pub async fn append_all(
+    tx: &mut PgConnection,
+    mut groups: Vec<Vec<Event>>,
+) -> Result<Vec<Vec<Event>>, StorageError> {
+    let total: usize = groups.iter().map(Vec::len).sum();
+    if total == 0 {
+        return Ok(groups);
     }
-    let count = i64::try_from(events.len()).map_err(overflow)?;
+    let count = i64::try_from(total).map_err(overflow)?;
     let last: i64 = sqlx::query_scalar("UPDATE event_seq SET last = last + $1 RETURNING last")
         .bind(count)
         .fetch_one(&mut *tx)
         .await
         .map_err(pg_error)?;
     let first = u64::try_from(last - count + 1).map_err(overflow)?;
-    let timestamp = chrono::Utc::now();
-    let stored: Vec<Event> = (first..)
-        .zip(events)
-        .map(|(seq, data)| Event {
-            seq,
-            task_id: task.id.clone(),
-            data: data.clone(),
-            timestamp,
-            owner: task.owner.clone(),
-            plugin: task.plugin.clone(),
-            labels: task.labels.clone(),
-        })
-        .collect();
-    let mut seqs = Vec::with_capacity(stored.len());
-    let mut bodies = Vec::with_capacity(stored.len());
-    for event in &stored {
-        seqs.push(i64::try_from(event.seq).map_err(overflow)?);
-        bodies.push(encode(event)?);
+    let mut seqs = Vec::with_capacity(total);
+    let mut task_ids = Vec::with_capacity(total);
+    let mut bodies = Vec::with_capacity(total);
+    for (event, seq) in groups.iter_mut().flatten().zip(first..) {
+        event.seq = seq;
+        seqs.push(i64::try_from(seq).map_err(overflow)?);
+        task_ids.push(event.task_id.clone());
+        bodies.push(encode(&*event)?);
     }
     sqlx::query(
         "INSERT INTO events (seq, task_id, body) \
-         SELECT seq, $2, body FROM UNNEST($1::bigint[], $3::bytea[]) AS e(seq, body)",
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[])",
     )
     .bind(&seqs)
-    .bind(&task.id)
+    .bind(&task_ids)
     .bind(&bodies)
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
-    follow::announce(tx, first + stored.len() as u64 - 1).await?;
-    Ok(stored)
+    follow::announce(tx, first + total as u64 - 1).await?;
+    Ok(groups)
 }
 
 /// Committed events after `after_seq` in seq order, of one task or of all, at most `limit`.

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::cluster::PgCluster;
+use super::tally::Tally;
 use super::tests::settings;
 use super::{connect, leases, tasks};
 use crate::model::{EventData, QueueCause, Task, TaskStatus};
@@ -30,10 +31,14 @@ fn requeue(task: &mut Task) -> Vec<EventData> {
 
 async fn queue(pool: &sqlx::PgPool, ids: impl Iterator<Item = String>) {
     let mut tx = pool.begin().await.expect("begin");
+    let mut tally = Tally::default();
     for (n, id) in ids.enumerate() {
         let task = conformance::task(&id, "p", "alice", TaskStatus::Queued, n as i64);
-        tasks::insert(&mut tx, &task, &[]).await.expect("insert");
+        tasks::insert(&mut tx, &mut tally, &task, &[])
+            .await
+            .expect("insert");
     }
+    tally.write(&mut tx).await.expect("counts");
     tx.commit().await.expect("commit");
 }
 
@@ -162,7 +167,7 @@ async fn a_task_id_inserted_twice_is_a_duplicate_and_changes_no_count() {
     queue(&pool, std::iter::once("same".to_string())).await;
     let mut tx = pool.begin().await.expect("begin");
     let task = conformance::task("same", "p", "bob", TaskStatus::Queued, 9);
-    let again = tasks::insert(&mut tx, &task, &[]).await;
+    let again = tasks::insert(&mut tx, &mut Tally::default(), &task, &[]).await;
     assert!(matches!(again, Err(crate::storage::StorageError::Duplicate(id)) if id == "same"));
     drop(tx);
     assert_eq!(count_p(&pool, TaskStatus::Queued).await, 1);
@@ -175,7 +180,11 @@ async fn count_p(pool: &sqlx::PgPool, status: TaskStatus) -> i64 {
 
 async fn insert(pool: &sqlx::PgPool, task: &Task) {
     let mut tx = pool.begin().await.expect("begin");
-    tasks::insert(&mut tx, task, &[]).await.expect("insert");
+    let mut tally = Tally::default();
+    tasks::insert(&mut tx, &mut tally, task, &[])
+        .await
+        .expect("insert");
+    tally.write(&mut tx).await.expect("counts");
     tx.commit().await.expect("commit");
 }
 
@@ -387,9 +396,17 @@ async fn a_run_paused_at_a_checkpoint_keeps_its_lease_ends_from_paused_and_is_re
     for (task, lease, _) in claimed {
         let paused = with_status(&task, TaskStatus::Paused);
         let mut tx = pool.begin().await.expect("begin");
-        tasks::update(&mut tx, &paused, TaskStatus::Running, &[EventData::Paused])
-            .await
-            .expect("paused in place");
+        let mut tally = Tally::default();
+        tasks::update(
+            &mut tx,
+            &mut tally,
+            &paused,
+            TaskStatus::Running,
+            &[EventData::Paused],
+        )
+        .await
+        .expect("paused in place");
+        tally.write(&mut tx).await.expect("counts and events");
         tx.commit().await.expect("commit");
         held.push((paused, lease));
     }

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Row};
 
-use super::{events, pg_error, stat_cells, tasks};
-use crate::model::{Event, EventData, Task, TaskStatus};
+use super::tally::Tally;
+use super::{pg_error, tasks};
+use crate::model::{Event, EventData, Task};
+use crate::storage::StorageError;
 use crate::storage::codec::{decode, encode};
 use crate::storage::shared::{ControlRequest, Finished, Lease, Renewal};
-use crate::storage::{StorageError, cells};
 
 /// Claims up to `limit` ready tasks of `plugin` for `host`, best priority first, then oldest;
 /// rows another host is claiming at the same moment are skipped, not waited for. A task is
@@ -41,6 +42,7 @@ pub async fn claim(
     .fetch_all(&mut *tx)
     .await
     .map_err(pg_error)?;
+    let mut tally = Tally::default();
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
         let stored: Task = decode(row.get::<&[u8], _>("body"))?;
@@ -60,18 +62,22 @@ pub async fn claim(
         .fetch_one(&mut *tx)
         .await
         .map_err(pg_error)?;
-        tasks::recount(&mut tx, &task.plugin, stored.status, task.status).await?;
-        stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
-        let stored = events::append(&mut tx, &task, &added).await?;
+        tally.moved(Some(&stored), Some(&task));
+        tally.events(&task, &added);
         let lease = Lease {
             task_id: task.id.clone(),
             host: host.to_owned(),
             token,
         };
-        claimed.push((task, lease, stored));
+        claimed.push((task, lease));
     }
+    let events = tally.write(&mut tx).await?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(claimed)
+    Ok(claimed
+        .into_iter()
+        .zip(events)
+        .map(|((task, lease), events)| (task, lease, events))
+        .collect())
 }
 
 /// Writes the end of the run `lease` holds: `end` gets the task as stored, locked, and returns
@@ -113,9 +119,10 @@ pub async fn finish(
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
-    tasks::recount(&mut tx, &task.plugin, stored.status, task.status).await?;
-    stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
-    let events = events::append(&mut tx, &task, &added).await?;
+    let mut tally = Tally::default();
+    tally.moved(Some(&stored), Some(&task));
+    tally.events(&task, &added);
+    let events = tally.write(&mut tx).await?.concat();
     tx.commit().await.map_err(pg_error)?;
     Ok(Finished::Written(Box::new(task), events))
 }
@@ -137,6 +144,7 @@ pub async fn requeue_lapsed(
         limit,
     )
     .await?;
+    let mut tally = Tally::default();
     let mut requeued = Vec::with_capacity(lapsed.len());
     for stored in lapsed {
         let mut task = stored.clone();
@@ -152,10 +160,9 @@ pub async fn requeue_lapsed(
         .execute(&mut *tx)
         .await
         .map_err(pg_error)?;
-        tasks::recount(&mut tx, &task.plugin, TaskStatus::Running, task.status).await?;
-        stat_cells::apply(&mut tx, cells::changes(Some(&stored), Some(&task))).await?;
-        let stored = events::append(&mut tx, &task, &added).await?;
-        requeued.push((task, stored));
+        tally.moved(Some(&stored), Some(&task));
+        tally.events(&task, &added);
+        requeued.push(task);
     }
     sqlx::query(
         "UPDATE tasks SET lease_host = NULL, lease_expires = NULL, \
@@ -165,8 +172,9 @@ pub async fn requeue_lapsed(
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
+    let events = tally.write(&mut tx).await?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(requeued)
+    Ok(requeued.into_iter().zip(events).collect())
 }
 
 /// Leaves `request` for the host holding the lease of task `id`; `false` when no host holds
@@ -251,16 +259,18 @@ pub async fn promote_due(
         limit,
     )
     .await?;
+    let mut tally = Tally::default();
     let mut promoted = Vec::with_capacity(due.len());
     for stored in due {
         let mut task = stored.clone();
         let added = promote(&mut task);
-        tasks::rewrite(&mut tx, &stored, &task).await?;
-        let stored = events::append(&mut tx, &task, &added).await?;
-        promoted.push((task, stored));
+        tasks::rewrite(&mut tx, &mut tally, &stored, &task).await?;
+        tally.events(&task, &added);
+        promoted.push(task);
     }
+    let events = tally.write(&mut tx).await?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(promoted)
+    Ok(promoted.into_iter().zip(events).collect())
 }
 
 /// Queued tasks waiting for a task that failed, was cancelled or is gone, with that

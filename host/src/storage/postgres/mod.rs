@@ -18,6 +18,7 @@ mod listing;
 mod shared_queue;
 mod stat_cells;
 mod store;
+pub mod tally;
 pub mod tasks;
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use super::tally::Tally;
 use super::tasks::{self, Removal};
 use super::{PgSettings, connect, events, follow, listing, pg_error, stat_cells};
 use crate::model::{
@@ -90,7 +91,9 @@ impl PgStorage {
 
     async fn remove(&self, id: &str, removal: Removal) -> Result<bool, StorageError> {
         let mut tx = self.begin().await?;
-        let removed = tasks::remove(&mut tx, id, removal).await?;
+        let mut tally = Tally::default();
+        let removed = tasks::remove(&mut tx, &mut tally, id, removal).await?;
+        tally.write(&mut tx).await?;
         self.commit(tx, &[]).await?;
         Ok(removed)
     }
@@ -122,7 +125,9 @@ impl Storage for PgStorage {
         events: &[EventData],
     ) -> Result<Vec<Event>, StorageError> {
         let mut tx = self.begin().await?;
-        let stored = tasks::insert(&mut tx, task, events).await?;
+        let mut tally = Tally::default();
+        tasks::insert(&mut tx, &mut tally, task, events).await?;
+        let stored = tally.write(&mut tx).await?.concat();
         self.commit(tx, &stored).await?;
         Ok(stored)
     }
@@ -134,7 +139,9 @@ impl Storage for PgStorage {
         events: &[EventData],
     ) -> Result<Vec<Event>, StorageError> {
         let mut tx = self.begin().await?;
-        let stored = tasks::update(&mut tx, task, expected, events).await?;
+        let mut tally = Tally::default();
+        tasks::update(&mut tx, &mut tally, task, expected, events).await?;
+        let stored = tally.write(&mut tx).await?.concat();
         self.commit(tx, &stored).await?;
         Ok(stored)
     }

@@ -1,22 +1,26 @@
-//! Task rows on PostgreSQL: a task's encoded body beside the columns queries use, and the
-//! per-plugin status counts and statistics cells kept in the same transaction.
+//! Task rows on PostgreSQL: a task's encoded body beside the columns queries use. The
+//! per-plugin status counts, statistics cells and events of a write go into its [`Tally`],
+//! written in the same transaction.
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::{events, pg_error, stat_cells};
-use crate::model::{Event, EventData, Task, TaskStatus};
+use super::pg_error;
+use super::tally::Tally;
+use crate::model::{EventData, Task, TaskStatus};
+use crate::storage::StorageError;
 use crate::storage::codec::{decode, encode};
-use crate::storage::{StorageError, cells};
 
 /// PostgreSQL's SQLSTATE for a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
 
-/// Inserts a new task and its events in `tx`; `Duplicate` when the id is taken.
+/// Inserts a new task in `tx`, noting it and its events in `tally`; `Duplicate` when the id
+/// is taken.
 pub async fn insert(
     tx: &mut PgConnection,
+    tally: &mut Tally,
     task: &Task,
     new_events: &[EventData],
-) -> Result<Vec<Event>, StorageError> {
+) -> Result<(), StorageError> {
     let inserted = with_columns(
         sqlx::query(
             "INSERT INTO tasks (id, plugin, owner, status, priority, created_at, updated_at, \
@@ -33,9 +37,9 @@ pub async fn insert(
         }
         other => other.map_err(pg_error)?,
     };
-    count(tx, &task.plugin, task.status, 1).await?;
-    stat_cells::apply(tx, cells::changes(None, Some(task))).await?;
-    events::append(tx, task, new_events).await
+    tally.moved(None, Some(task));
+    tally.events(task, new_events);
+    Ok(())
 }
 
 /// Binds a task row's columns as `$1` … `$12`: id, plugin, owner, status, priority, created,
@@ -74,25 +78,28 @@ pub(super) async fn lock(tx: &mut PgConnection, id: &str) -> Result<Option<Task>
     body.map(|body| decode(&body)).transpose()
 }
 
-/// Replaces a task whose stored status is `expected` in `tx`, with its counts, cells and
-/// events; `NotFound` or `StatusChanged` otherwise.
+/// Replaces a task whose stored status is `expected` in `tx`, noting the change and its
+/// events in `tally`; `NotFound` or `StatusChanged` otherwise.
 pub async fn update(
     tx: &mut PgConnection,
+    tally: &mut Tally,
     task: &Task,
     expected: TaskStatus,
     new_events: &[EventData],
-) -> Result<Vec<Event>, StorageError> {
+) -> Result<(), StorageError> {
     let stored = lock(tx, &task.id)
         .await?
         .ok_or_else(|| StorageError::NotFound(task.id.clone()))?;
     StorageError::check_status(&stored, expected)?;
-    rewrite(tx, &stored, task).await?;
-    events::append(tx, task, new_events).await
+    rewrite(tx, tally, &stored, task).await?;
+    tally.events(task, new_events);
+    Ok(())
 }
 
-/// Writes `task` over `stored` (locked in `tx`), moving its counts and cells.
+/// Writes `task` over `stored` (locked in `tx`), noting the move in `tally`.
 pub(super) async fn rewrite(
     tx: &mut PgConnection,
+    tally: &mut Tally,
     stored: &Task,
     task: &Task,
 ) -> Result<(), StorageError> {
@@ -107,13 +114,8 @@ pub(super) async fn rewrite(
     .execute(&mut *tx)
     .await
     .map_err(pg_error)?;
-    if stored.plugin == task.plugin {
-        recount(tx, &task.plugin, stored.status, task.status).await?;
-    } else {
-        count(tx, &stored.plugin, stored.status, -1).await?;
-        count(tx, &task.plugin, task.status, 1).await?;
-    }
-    stat_cells::apply(tx, cells::changes(Some(stored), Some(task))).await
+    tally.moved(Some(stored), Some(task));
+    Ok(())
 }
 
 /// What removing a task takes with it.
@@ -125,10 +127,11 @@ pub enum Removal {
     FinishedWithEvents,
 }
 
-/// Removes a task with its counts, cells, logs and records (and events, per `removal`) in
-/// `tx`; false when there is none to remove.
+/// Removes a task with its logs and records (and events, per `removal`) in `tx`, noting it
+/// in `tally`; false when there is none to remove.
 pub async fn remove(
     tx: &mut PgConnection,
+    tally: &mut Tally,
     id: &str,
     removal: Removal,
 ) -> Result<bool, StorageError> {
@@ -153,8 +156,7 @@ pub async fn remove(
             .await
             .map_err(pg_error)?;
     }
-    count(tx, &task.plugin, task.status, -1).await?;
-    stat_cells::apply(tx, cells::changes(Some(&task), None)).await?;
+    tally.moved(Some(&task), None);
     Ok(true)
 }
 
@@ -205,42 +207,4 @@ pub async fn status_count(
             .await
             .map_err(pg_error)?;
     Ok(n.unwrap_or(0))
-}
-
-/// Moves one task of `plugin` from status `from` to `to` in the counts.
-pub(super) async fn recount(
-    tx: &mut PgConnection,
-    plugin: &str,
-    from: TaskStatus,
-    to: TaskStatus,
-) -> Result<(), StorageError> {
-    if from != to {
-        count(tx, plugin, from, -1).await?;
-        count(tx, plugin, to, 1).await?;
-    }
-    Ok(())
-}
-
-async fn count(
-    tx: &mut PgConnection,
-    plugin: &str,
-    status: TaskStatus,
-    delta: i64,
-) -> Result<(), StorageError> {
-    // An increment may create the row; a decrement has a row to decrement (the CHECK keeps
-    // a count from going negative, which would mean a write the counts missed).
-    let statement = if delta > 0 {
-        "INSERT INTO task_counts (plugin, status, n) VALUES ($1, $2, $3) \
-         ON CONFLICT (plugin, status) DO UPDATE SET n = task_counts.n + EXCLUDED.n"
-    } else {
-        "UPDATE task_counts SET n = n + $3 WHERE plugin = $1 AND status = $2"
-    };
-    sqlx::query(statement)
-        .bind(plugin)
-        .bind(status.as_str())
-        .bind(delta)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg_error)?;
-    Ok(())
 }
