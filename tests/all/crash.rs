@@ -25,6 +25,22 @@ pub(crate) async fn queue_totals(api: &crate::harness::Api<'_>) -> (u64, u64) {
     )
 }
 
+/// Waits until the testkit queue holds `tasks` finished tasks and none pending.
+pub(crate) async fn all_finished(api: &crate::harness::Api<'_>, tasks: usize, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let (pending, done) = queue_totals(api).await;
+        if pending == 0 && done == tasks as u64 {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not finished: {pending} pending, {done} done"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_host_mid_run_loses_no_task_and_ends_each_exactly_once() {
     let data = tempfile::tempdir().expect("data dir");
@@ -74,18 +90,7 @@ async fn killing_the_host_mid_run_loses_no_task_and_ends_each_exactly_once() {
     let host = HostProcess::spawn(data.path());
     let client = host.client().await;
     let api = host.api(&client);
-    let start = Instant::now();
-    loop {
-        let (pending, done) = queue_totals(&api).await;
-        if pending == 0 && done == TASKS as u64 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "not finished after restart: {pending} pending, {done} done"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_finished(&api, TASKS, Duration::from_secs(120)).await;
 
     let mut seen: BTreeMap<String, Value> = BTreeMap::new();
     for offset in (0..TASKS).step_by(100) {

@@ -406,21 +406,28 @@ impl HostProcess {
     /// Starts the binary on `data_dir` with the test admin password and rate limits out of
     /// the way, and waits for its `listening on` line.
     pub fn spawn(data_dir: &Path) -> Self {
-        Self::spawn_limited(data_dir, None)
+        Self::spawn_limited(data_dir, None, "")
+    }
+
+    /// [`spawn`](Self::spawn) with `extra` appended to its configuration file (TOML tables).
+    pub fn spawn_with_config(data_dir: &Path, extra: &str) -> Self {
+        Self::spawn_limited(data_dir, None, extra)
     }
 
     /// [`spawn`](Self::spawn) with no file of the host's allowed past `max_file_bytes`
     /// (`RLIMIT_FSIZE`): a write beyond it fails as on a full disk, without root or a
     /// filesystem of its own.
     pub fn spawn_with_file_limit(data_dir: &Path, max_file_bytes: u64) -> Self {
-        Self::spawn_limited(data_dir, Some(max_file_bytes))
+        Self::spawn_limited(data_dir, Some(max_file_bytes), "")
     }
 
-    fn spawn_limited(data_dir: &Path, max_file_bytes: Option<u64>) -> Self {
+    fn spawn_limited(data_dir: &Path, max_file_bytes: Option<u64>, extra: &str) -> Self {
         let config_file = data_dir.join("test-config.toml");
         std::fs::write(
             &config_file,
-            "[rate_limits]\nper_principal_per_minute = 1000000\nper_ip_per_minute = 1000000\n",
+            format!(
+                "[rate_limits]\nper_principal_per_minute = 1000000\nper_ip_per_minute = 1000000\n{extra}"
+            ),
         )
         .expect("config written");
         let mut command = Command::new(env!("CARGO_BIN_EXE_taskhost"));
@@ -454,11 +461,17 @@ impl HostProcess {
         }
         let mut child = command.spawn().expect("taskhost starts");
         let stdout = child.stdout.take().expect("stdout piped");
+        let child_id = child.id();
         let (tx, rx) = std::sync::mpsc::channel();
+        // TASKHOST_TEST_HOST_LOG=1 shows the hosts' logs, for a failing test.
+        let echo = std::env::var_os("TASKHOST_TEST_HOST_LOG").is_some();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("host {}: {line}", child_id);
+                }
                 if !sent && let Some(at) = line.find("listening on http://") {
                     let addr = line[at + "listening on http://".len()..].trim().to_owned();
                     let _ = tx.send(addr);

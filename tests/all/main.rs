@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod builds;
 mod cache;
+mod cluster;
 mod contract;
 mod crash;
 mod gitlab;

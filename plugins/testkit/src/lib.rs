@@ -3,6 +3,9 @@
 //!
 //! - `echo`: the result is the input.
 //! - `sleep`: `{"ms", "steps"}` — sleeps cooperatively, reporting progress at each step.
+//! - `witness`: `{"url", "ms"}` — tells a recorder at `url` when its run starts and ends (GET
+//!   `url/start` and `url/end` with the task, attempt and the operator's `config.host`),
+//!   sleeping `ms` between: what actually ran where, seen from outside the host.
 //! - `fail`: `{"retryable", "code"?, "message"?}` — fails with that error.
 //! - `trap`: panics, which traps the instance.
 //! - `busy_loop`: spins forever without calling the host (only the wall-clock limit stops it).
@@ -52,6 +55,19 @@ impl Plugin for Testkit {
                     "steps": {"type": "integer", "minimum": 1, "maximum": 100_000},
                 },
                 "required": ["ms"],
+                "additionalProperties": false,
+            }),
+        ))
+        .task_type(TaskType::new(
+            "witness",
+            "Reports its start and end to a recorder, sleeping `ms` milliseconds between",
+            json!({
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string", "minLength": 1},
+                    "ms": {"type": "integer", "minimum": 0, "maximum": 600_000},
+                },
+                "required": ["url"],
                 "additionalProperties": false,
             }),
         ))
@@ -155,6 +171,7 @@ impl Plugin for Testkit {
         match ctx.task_type.as_str() {
             "echo" => Ok(ctx.input),
             "sleep" => run_sleep(&ctx.input),
+            "witness" => witness(&ctx),
             "fail" => Err(TaskError {
                 code: ctx.input["code"]
                     .as_str()
@@ -199,6 +216,39 @@ fn run_sleep(input: &Value) -> Result<Value, TaskError> {
         checkpoint()?;
     }
     Ok(json!({"slept_ms": ms, "steps": steps, "version": VERSION}))
+}
+
+fn witness(ctx: &Context) -> Result<Value, TaskError> {
+    let url = ctx.input["url"].as_str().unwrap_or_default();
+    let host = ctx.config.get("host").map_or("", String::as_str);
+    let tell = |phase: &str| {
+        let query = format!(
+            "{url}/{phase}?task={}&attempt={}&host={host}",
+            ctx.task_id, ctx.attempt
+        );
+        match http::get(&query, &[]) {
+            Ok(response) if response.status == 200 => Ok(()),
+            Ok(response) => Err(TaskError::fatal(
+                "WITNESS_REFUSED",
+                format!("the recorder answered {}", response.status),
+            )),
+            Err(e) => Err(TaskError::fatal(
+                "WITNESS_UNREACHABLE",
+                format!("the recorder could not be told: {}", e.message),
+            )),
+        }
+    };
+    tell("start")?;
+    // Short steps with a checkpoint between, so a cancel or pause stops it promptly.
+    let mut left = ctx.input["ms"].as_u64().unwrap_or(0);
+    while left > 0 {
+        let step = left.min(10);
+        sleep(Duration::from_millis(step))?;
+        left -= step;
+        checkpoint()?;
+    }
+    tell("end")?;
+    Ok(json!({"attempt": ctx.attempt, "host": host}))
 }
 
 fn busy_loop() -> ! {
