@@ -16,22 +16,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use support::{ServerProcess, cpu_seconds, env_or, full_run, percentile, print_cpu_split};
-
-async fn completed(client: &reqwest::Client, base: &str) -> u64 {
-    let queues: Value = client
-        .get(format!("{base}/api/v1/queues"))
-        .send()
-        .await
-        .expect("queues")
-        .json()
-        .await
-        .expect("json");
-    queues["data"]
-        .as_array()
-        .and_then(|q| q.iter().find(|q| q["plugin"] == "testkit"))
-        .map_or(0, |q| q["completed"].as_u64().unwrap_or(0))
-}
+use support::{
+    ServerProcess, completed, cpu_seconds, env_or, full_run, percentile, print_cpu_split,
+};
 
 fn main() {
     let full = full_run();

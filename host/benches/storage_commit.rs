@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::json;
-use support::{cpu_seconds, disk_bytes, env_or, full_run, stat_fields, stat_seconds};
+use support::{cluster_cpu_seconds, cpu_seconds, disk_bytes, env_or, full_run};
 use taskhost::model::{EventData, QueueCause, Task, TaskProgress, TaskStatus};
 use taskhost::storage::postgres::{PgSettings, PgStorage, connect, leases};
 use taskhost::storage::shared::Finished;
@@ -330,23 +330,6 @@ async fn claim_until_empty(pool: sqlx::PgPool, host: String, batch: usize) -> us
         let finished = futures::future::join_all(finishes).await;
         transactions += finished.len();
     }
-}
-
-/// CPU seconds of a PostgreSQL cluster: the postmaster with the children it reaped, and the
-/// children alive now.
-fn cluster_cpu_seconds(postmaster: u32) -> f64 {
-    let mut total = stat_seconds(&postmaster.to_string(), &[11, 12, 13, 14]);
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if pid.bytes().all(|b| b.is_ascii_digit())
-            && stat_fields(&pid).get(1) == Some(&f64::from(postmaster))
-        {
-            total += stat_seconds(&pid, &[11, 12]);
-        }
-    }
-    total
 }
 
 /// Where the bytes of the finished tasks are: live keys per family, then the files.

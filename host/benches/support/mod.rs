@@ -301,3 +301,36 @@ pub fn print_cpu_split(label: &str, wall_s: f64, client_cpu_s: f64, server_cpu_s
         client_cpu_s / wall_s,
     );
 }
+
+/// CPU seconds of a PostgreSQL cluster: the postmaster with the children it reaped, and the
+/// children alive now.
+pub fn cluster_cpu_seconds(postmaster: u32) -> f64 {
+    let mut total = stat_seconds(&postmaster.to_string(), &[11, 12, 13, 14]);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if pid.bytes().all(|b| b.is_ascii_digit())
+            && stat_fields(&pid).get(1) == Some(&f64::from(postmaster))
+        {
+            total += stat_seconds(&pid, &[11, 12]);
+        }
+    }
+    total
+}
+
+/// How many testkit tasks the host at `base` counts as completed.
+pub async fn completed(client: &reqwest::Client, base: &str) -> u64 {
+    let queues: Value = client
+        .get(format!("{base}/api/v1/queues"))
+        .send()
+        .await
+        .expect("queues")
+        .json()
+        .await
+        .expect("json");
+    queues["data"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["plugin"] == "testkit"))
+        .map_or(0, |q| q["completed"].as_u64().unwrap_or(0))
+}

@@ -28,9 +28,12 @@ impl PgCluster {
     }
 
     /// A cluster that makes commits durable as a production one does (fsync on), for
-    /// benchmarks.
+    /// benchmarks; `pg_stat_statements` is loaded so that they can count round trips (its
+    /// `CREATE EXTENSION` is theirs to run).
     pub fn start_durable() -> Self {
-        Self::start_with("-c fsync=on -c synchronous_commit=on")
+        Self::start_with(
+            "-c fsync=on -c synchronous_commit=on -c shared_preload_libraries=pg_stat_statements",
+        )
     }
 
     fn start_with(settings: &str) -> Self {
