@@ -450,3 +450,60 @@ async fn a_run_paused_at_a_checkpoint_keeps_its_lease_ends_from_paused_and_is_re
         vec![Renewal::Lost]
     );
 }
+
+#[tokio::test]
+async fn dependencies_of_tasks_written_before_schema_4_are_recorded_once_at_start() {
+    let cluster = PgCluster::start();
+    let old = sqlx::PgPool::connect(&cluster.url())
+        .await
+        .expect("connects");
+    super::MIGRATOR.run_to(3, &old).await.expect("schema 3");
+    for (id, dependencies, created) in [("dep", vec![], 1), ("child", vec!["dep".to_owned()], 2)] {
+        let mut task = conformance::task(id, "p", "alice", TaskStatus::Queued, created);
+        task.depends_on = dependencies;
+        // The row as a schema-3 host wrote it: no depends_on column yet.
+        sqlx::query(
+            "INSERT INTO tasks (id, plugin, owner, status, priority, created_at, updated_at, \
+             scheduled_at, labels, body, task_type) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{}', $9, $10)",
+        )
+        .bind(&task.id)
+        .bind(&task.plugin)
+        .bind(&task.owner)
+        .bind(task.status.as_str())
+        .bind(task.priority)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .bind(task.scheduled_at)
+        .bind(crate::storage::codec::encode(&task).expect("encodes"))
+        .bind(&task.task_type)
+        .execute(&old)
+        .await
+        .expect("schema-3 row");
+    }
+    old.close().await;
+
+    let pool = connect(&settings(cluster.url())).await.expect("migrates");
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT depends_on FROM tasks WHERE id = 'child'")
+            .fetch_one(&pool)
+            .await
+            .expect("child");
+    assert_eq!(recorded, vec!["dep".to_owned()]);
+    assert_eq!(
+        claim_ids(&pool, "p").await,
+        vec!["dep".to_owned()],
+        "child waits"
+    );
+    // Done once: a later start rewrites nothing, even a row that has lost its column again.
+    sqlx::query("UPDATE tasks SET depends_on = '{}' WHERE id = 'child'")
+        .execute(&pool)
+        .await
+        .expect("cleared");
+    let again = connect(&settings(cluster.url())).await.expect("restarts");
+    let left: Vec<String> = sqlx::query_scalar("SELECT depends_on FROM tasks WHERE id = 'child'")
+        .fetch_one(&again)
+        .await
+        .expect("child");
+    assert!(left.is_empty(), "backfilled twice: {left:?}");
+}

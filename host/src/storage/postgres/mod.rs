@@ -5,6 +5,7 @@
 //! sqlx takes an advisory lock around the run, and a migration already applied is skipped
 //! (one whose text changed since it was applied is refused, never re-run).
 
+mod backfill;
 #[cfg(test)]
 pub mod cluster;
 pub mod events;
@@ -60,6 +61,7 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, StorageError> {
         .await
         .map_err(pg_error)?;
     MIGRATOR.run(&pool).await.map_err(migrate_error)?;
+    backfill::dependencies(&pool).await?;
     Ok(pool)
 }
 

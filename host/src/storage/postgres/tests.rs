@@ -48,6 +48,7 @@ async fn hosts_starting_together_on_a_fresh_database_migrate_it_once() {
         "records",
         "plugin_kv",
         "paused_queues",
+        "backfills",
         "users",
         "api_keys",
     ] {
