@@ -221,35 +221,51 @@ impl Engine {
                 let relay = self.inner.renew_every();
                 return self.await_end(principal, id, events, relay).await;
             }
-            let mut held = false;
             let cancelled = self
-                .inner
-                .modify(id, |task| {
-                    held = self.inner.held_by_a_host(task);
-                    if held {
-                        return Err(EngineError::Conflict(format!("task {id} just started")));
-                    }
+                .change_unheld(id, |task| {
                     transition(task, TaskStatus::Cancelled)?;
                     Ok(vec![EventData::Cancelled {
                         reason: "cancelled by request".into(),
                     }])
                 })
-                .await;
-            match cancelled {
-                // Claimed by a host in between: ask that host.
-                Err(EngineError::Conflict(_)) if held => continue,
-                Err(e) => return Err(e),
-                Ok((task, _)) => {
-                    lock(&self.inner.sched).remove(id);
-                    self.inner.storage.sync().await?;
-                    self.inner.on_terminal(&task).await;
-                    return Ok(task);
-                }
+                .await?;
+            if let Some(task) = cancelled {
+                self.inner.on_terminal(&task).await;
+                return Ok(task);
             }
         }
         Err(EngineError::Conflict(format!(
             "task {id} is changing too fast; try again"
         )))
+    }
+
+    /// Applies `change` to a task no host runs, taking it off this host's queue; `None` when a
+    /// host claimed it meanwhile (the caller asks that host instead).
+    async fn change_unheld(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Task) -> Result<Vec<EventData>, EngineError>,
+    ) -> Result<Option<Task>, EngineError> {
+        let mut held = false;
+        let changed = self
+            .inner
+            .modify(id, |task| {
+                held = self.inner.held_by_a_host(task);
+                if held {
+                    return Err(EngineError::Conflict(format!("task {id} just started")));
+                }
+                change(task)
+            })
+            .await;
+        match changed {
+            Err(EngineError::Conflict(_)) if held => Ok(None),
+            Err(e) => Err(e),
+            Ok((task, _)) => {
+                lock(&self.inner.sched).remove(id);
+                self.inner.storage.sync().await?;
+                Ok(Some(task))
+            }
+        }
     }
 
     /// Waits (within the cancel grace, plus `relay` for a request to reach another host) for
@@ -315,26 +331,14 @@ impl Engine {
                     .await_status_change(principal, id, TaskStatus::Running, relay)
                     .await;
             }
-            let mut held = false;
             let paused = self
-                .inner
-                .modify(id, |task| {
-                    held = self.inner.held_by_a_host(task);
-                    if held {
-                        return Err(EngineError::Conflict(format!("task {id} just started")));
-                    }
+                .change_unheld(id, |task| {
                     transition(task, TaskStatus::Paused)?;
                     Ok(vec![EventData::Paused])
                 })
-                .await;
-            match paused {
-                Err(EngineError::Conflict(_)) if held => continue,
-                Err(e) => return Err(e),
-                Ok((task, _)) => {
-                    lock(&self.inner.sched).remove(id);
-                    self.inner.storage.sync().await?;
-                    return Ok(task);
-                }
+                .await?;
+            if let Some(task) = paused {
+                return Ok(task);
             }
         }
         Err(EngineError::Conflict(format!(
