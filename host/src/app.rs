@@ -13,7 +13,7 @@ use crate::auth::{Auth, AuthError, SecretBox, SecretError};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::membership::Membership;
-use crate::registry::{PluginRegistry, RegistryError};
+use crate::registry::{PluginRegistry, PluginStorage, RegistryError};
 use crate::runners::Runners;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::storage::postgres::{PgSettings, PgStorage};
@@ -91,12 +91,18 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
         config.runtime.cache_dir = Some(config.compile_cache_dir());
     }
     let runtime = Runtime::new(config.runtime.clone())?;
+    let membership = Arc::new(Membership::new(storage.clone()));
+    membership.spawn_heartbeat();
     let registry = Arc::new(PluginRegistry::new(
         runtime,
-        Some(config.installed_plugins_dir()),
+        Some(PluginStorage {
+            storage: storage.clone(),
+            host_id: membership.host_id().to_owned(),
+        }),
     ));
     registry.load_bundled(&config.plugins).await?;
-    // Plugins installed over the API in an earlier run, then the operator's directory.
+    // Where hosts before plugins were kept in storage wrote the ones installed over the API,
+    // then the operator's directory.
     let mut dirs = vec![config.installed_plugins_dir()];
     dirs.extend(config.plugins_dir.clone());
     for dir in dirs.iter().filter(|d| d.is_dir()) {
@@ -104,11 +110,11 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
             warn!(path = %path.display(), %error, "skipped plugin");
         }
     }
-    let membership = Arc::new(Membership::new(storage.clone()));
-    membership.spawn_heartbeat();
+    // What was installed, replaced or unloaded over the API, through any host, wins.
+    registry.sync().await?;
     let secrets = Arc::new(SecretBox::open(&config.data_dir)?);
     let auth = Auth::open(&config.auth, &config.data_dir, storage.clone()).await?;
-    let runners = Runners::new(config.runners.clone());
+    let runners = Runners::new(config.runners.clone(), storage.clone(), secrets.clone());
     runners.spawn_reaper();
     let engine = Engine::start(
         membership.host_id().to_owned(),
@@ -120,6 +126,7 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     )
     .await?;
     engine.spawn_retention(config.retention.clone());
+    engine.spawn_plugin_sync();
     let streams = Streams::start(engine.clone(), config.streams.clone());
     let limits = Arc::new(RateLimits::new(config.rate_limits.clone()));
     {

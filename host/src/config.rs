@@ -268,7 +268,8 @@ impl Config {
         self.data_dir.join("cache")
     }
 
-    /// Where plugins installed over the API are kept.
+    /// Where hosts before plugins were kept in storage wrote the ones installed over the API;
+    /// still loaded at start so that an upgraded host keeps them.
     pub fn installed_plugins_dir(&self) -> PathBuf {
         self.data_dir.join("plugins")
     }

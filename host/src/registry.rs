@@ -1,22 +1,25 @@
 //! The plugin registry: which plugin versions are loaded under which names.
 //!
-//! Bundled plugins are loaded first, then every `*.wasm` in the plugins directory (with a
-//! same-name `.toml` of grants), which may override a bundled one. At runtime plugins are
-//! loaded, replaced and unloaded through [`PluginRegistry`]; a replace swaps the version new
-//! tasks get while tasks in flight keep the `Arc` of the version they started on.
-//! Plugins installed at runtime are written to the install directory so that they are loaded
-//! again at the next start.
+//! Bundled plugins are loaded first, then every `*.wasm` in the plugins directories (with a
+//! same-name `.toml` of grants), which may override a bundled one, then what operators
+//! installed, replaced or unloaded over the API, which is kept in storage
+//! ([`crate::storage::plugin_store`]) and wins over both, so that every host sharing the
+//! store ends up with the same versions. A replace swaps the version new tasks get while
+//! tasks in flight keep the `Arc` of the version they started on; [`PluginRegistry::sync`]
+//! applies another host's change the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::bundled::BUNDLED_PLUGINS;
-use crate::runtime::{CompiledPlugin, Grants, LoadError, RunnersGrant, Runtime};
+use crate::runtime::{CompiledPlugin, Grants, LoadError, RunnersGrant, Runtime, digest};
+use crate::storage::plugin_store::{PluginHead, PluginState, PutOutcome};
+use crate::storage::{Storage, StorageError};
 
 /// Bundled plugins granted `runners` unless the operator's grants say otherwise.
 const DELEGATING_PLUGINS: &[&str] = &["runner", "build"];
@@ -28,7 +31,7 @@ pub enum PluginSource {
     Bundled,
     /// A `.wasm` file in the plugins directory.
     File(PathBuf),
-    /// Installed at runtime (e.g. uploaded over the API).
+    /// Installed at runtime over the API, through this host or another.
     Installed,
 }
 
@@ -58,31 +61,54 @@ pub enum RegistryError {
     NameMismatch { expected: String, found: String },
     #[error("grants file {path}: {message}")]
     GrantsFile { path: PathBuf, message: String },
-    #[error("could not persist plugin {name}: {source}")]
+    #[error("plugin {0} was changed through another host meanwhile; look at it again")]
+    ChangedElsewhere(String),
+    #[error("could not store plugin {name}: {source}")]
     Persist {
         name: String,
         #[source]
-        source: std::io::Error,
+        source: StorageError,
     },
+}
+
+/// A stored change that [`PluginRegistry::sync`] applied here.
+#[derive(Debug)]
+pub enum SyncedChange {
+    /// A version was loaded; `replaced` when it took the place of another.
+    Loaded {
+        plugin: Arc<LoadedPlugin>,
+        replaced: bool,
+    },
+    Unloaded(String),
+}
+
+/// Where runtime changes are kept, and who this host is in them.
+pub struct PluginStorage {
+    pub storage: Arc<dyn Storage>,
+    pub host_id: String,
 }
 
 /// The loaded plugins, by name.
 pub struct PluginRegistry {
     runtime: Runtime,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
-    /// Where installed plugins are written (`<name>.wasm` + `<name>.toml`).
-    install_dir: Option<PathBuf>,
-    /// Serialises install/replace/unload so that the name check, the files written and the
-    /// map always agree.
+    /// Runtime changes are kept here; without it (tests of the runtime) they are this
+    /// process's alone.
+    store: Option<PluginStorage>,
+    /// Per name, the generation of the stored change this host last made or applied.
+    applied: Mutex<BTreeMap<String, u64>>,
+    /// Serialises install/replace/unload/sync so that the name check, the stored change and
+    /// the map always agree.
     manage: tokio::sync::Mutex<()>,
 }
 
 impl PluginRegistry {
-    pub fn new(runtime: Runtime, install_dir: Option<PathBuf>) -> Self {
+    pub fn new(runtime: Runtime, store: Option<PluginStorage>) -> Self {
         Self {
             runtime,
             plugins: RwLock::new(BTreeMap::new()),
-            install_dir,
+            store,
+            applied: Mutex::new(BTreeMap::new()),
             manage: tokio::sync::Mutex::new(()),
         }
     }
@@ -200,6 +226,15 @@ impl PluginRegistry {
         Ok(loaded)
     }
 
+    fn applied(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Woken when any host stores a plugin change; `None` without a store.
+    pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.store.as_ref().map(|s| s.storage.plugins().changes())
+    }
+
     /// Loads a new plugin at runtime; its name comes from its `describe`. Refuses a name that
     /// is already loaded.
     pub async fn install(
@@ -213,7 +248,7 @@ impl PluginRegistry {
         if self.read().contains_key(&name) {
             return Err(RegistryError::AlreadyLoaded(name));
         }
-        self.persist(&name, bytes, compiled.grants())?;
+        self.record(&name, Some((bytes, compiled.grants()))).await?;
         self.insert(compiled, PluginSource::Installed, false)
     }
 
@@ -237,7 +272,10 @@ impl PluginRegistry {
             });
         }
         let _managing = self.manage.lock().await;
-        self.persist(name, bytes, compiled.grants())?;
+        if self.get(name).is_none() {
+            return Err(RegistryError::NotFound(name.to_owned()));
+        }
+        self.record(name, Some((bytes, compiled.grants()))).await?;
         info!(plugin = %name, from = %current.plugin.info().version, to = %compiled.info().version, "plugin replaced");
         self.insert(compiled, PluginSource::Installed, true)
     }
@@ -246,43 +284,122 @@ impl PluginRegistry {
     /// whether tasks may be running is the caller's business.
     pub async fn unload(&self, name: &str) -> Result<Arc<LoadedPlugin>, RegistryError> {
         let _managing = self.manage.lock().await;
+        if self.get(name).is_none() {
+            return Err(RegistryError::NotFound(name.to_owned()));
+        }
+        self.record(name, None).await?;
         let removed = self
             .write()
             .remove(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
-        if let Some(dir) = &self.install_dir {
-            for ext in ["wasm", "toml"] {
-                let path = dir.join(format!("{name}.{ext}"));
-                if let Err(e) = std::fs::remove_file(&path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    warn!(path = %path.display(), error = %e, "could not remove unloaded plugin file");
-                }
-            }
-        }
         info!(plugin = %name, "plugin unloaded");
         Ok(removed)
     }
 
-    fn persist(&self, name: &str, bytes: &[u8], grants: &Grants) -> Result<(), RegistryError> {
-        let Some(dir) = &self.install_dir else {
+    /// Stores this host's change of `name` (a component and its grants, or `None` for an
+    /// unload), provided no other host changed `name` since this one last looked. Called
+    /// under `manage`.
+    async fn record(
+        &self,
+        name: &str,
+        installed: Option<(&[u8], &Grants)>,
+    ) -> Result<(), RegistryError> {
+        let Some(store) = &self.store else {
             return Ok(());
         };
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            for (ext, contents) in [
-                ("toml", grants.to_toml().into_bytes()),
-                ("wasm", bytes.to_vec()),
-            ] {
-                let tmp = dir.join(format!(".{name}.{ext}.tmp"));
-                std::fs::write(&tmp, contents)?;
-                std::fs::rename(&tmp, dir.join(format!("{name}.{ext}")))?;
-            }
-            Ok(())
+        let (component_digest, state) = match installed {
+            Some((bytes, grants)) => (
+                digest(bytes),
+                PluginState::Installed {
+                    component: bytes.to_vec(),
+                    grants: grants.to_toml(),
+                },
+            ),
+            None => (String::new(), PluginState::Unloaded),
         };
-        write().map_err(|source| RegistryError::Persist {
-            name: name.to_owned(),
-            source,
-        })
+        let expected = self.applied().get(name).copied();
+        let outcome = store
+            .storage
+            .plugins()
+            .put(name, &component_digest, state, &store.host_id, expected)
+            .await
+            .map_err(|source| RegistryError::Persist {
+                name: name.to_owned(),
+                source,
+            })?;
+        match outcome {
+            PutOutcome::Stored(generation) => {
+                self.applied().insert(name.to_owned(), generation);
+                Ok(())
+            }
+            // The next sync brings the other host's change here.
+            PutOutcome::Superseded(_) => Err(RegistryError::ChangedElsewhere(name.to_owned())),
+        }
+    }
+
+    /// Applies the stored changes this host has not applied yet: made through other hosts,
+    /// or before this host started. A change that does not load here is logged and skipped
+    /// (one bad component must not hold back the rest) until it changes again.
+    pub async fn sync(&self) -> Result<Vec<SyncedChange>, StorageError> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let newer = |heads: Vec<PluginHead>| -> Vec<PluginHead> {
+            let applied = self.applied();
+            heads
+                .into_iter()
+                .filter(|h| applied.get(&h.name).is_none_or(|g| *g < h.generation))
+                .collect()
+        };
+        // Most syncs find nothing new: look before taking the lock API changes wait on.
+        if newer(store.storage.plugins().heads().await?).is_empty() {
+            return Ok(Vec::new());
+        }
+        let _managing = self.manage.lock().await;
+        let mut changes = Vec::new();
+        for head in newer(store.storage.plugins().heads().await?) {
+            let Some(record) = store.storage.plugins().get(&head.name).await? else {
+                continue;
+            };
+            match record.state {
+                PluginState::Unloaded => {
+                    if self.write().remove(&record.name).is_some() {
+                        info!(plugin = %record.name, by = %record.changed_by, "plugin unloaded as stored");
+                        changes.push(SyncedChange::Unloaded(record.name.clone()));
+                    }
+                }
+                PluginState::Installed { component, grants } => {
+                    let replaced = self.get(&record.name).is_some();
+                    match self.load_stored(&record.name, &component, &grants).await {
+                        Ok(plugin) => {
+                            info!(plugin = %record.name, version = %plugin.plugin.info().version, by = %record.changed_by, "plugin loaded as stored");
+                            changes.push(SyncedChange::Loaded { plugin, replaced });
+                        }
+                        Err(e) => {
+                            warn!(plugin = %record.name, generation = record.generation, error = %e, "stored plugin not loaded")
+                        }
+                    }
+                }
+            }
+            self.applied().insert(record.name, record.generation);
+        }
+        Ok(changes)
+    }
+
+    async fn load_stored(
+        &self,
+        name: &str,
+        component: &[u8],
+        grants: &str,
+    ) -> Result<Arc<LoadedPlugin>, RegistryError> {
+        let grants = Grants::from_toml(grants).map_err(|e| LoadError::Grants(e.to_string()))?;
+        let compiled = self.runtime.load(component, grants).await?;
+        if compiled.name() != name {
+            return Err(RegistryError::NameMismatch {
+                expected: name.to_owned(),
+                found: compiled.name().to_owned(),
+            });
+        }
+        self.insert(compiled, PluginSource::Installed, true)
     }
 }

@@ -13,11 +13,11 @@ use warp::Filter;
 
 use crate::crash::{all_finished, queue_totals};
 use crate::harness::{ADMIN_PASSWORD, HostProcess, WsClient, client_with_token, login};
-use crate::postgres::PgCluster;
+use crate::postgres::{CLUSTER_CLAIM_POLL_MS, CLUSTER_LEASE_S, PgCluster, shared_host_config};
 
 const TASKS: usize = 2000;
-const LEASE_S: u64 = 3;
-const CLAIM_POLL_MS: u64 = 200;
+const LEASE_S: u64 = CLUSTER_LEASE_S;
+const CLAIM_POLL_MS: u64 = CLUSTER_CLAIM_POLL_MS;
 const HOSTS: [&str; 3] = ["h0", "h1", "h2"];
 /// The host killed mid-run.
 const VICTIM: usize = 1;
@@ -64,21 +64,9 @@ async fn recorder() -> (SocketAddr, Arc<Mutex<Vec<Mark>>>) {
 }
 
 /// The configuration every host of the cluster shares, but for the name its runs report.
-fn host_config(database: &str, name: &str) -> String {
+fn host_config(cluster: &PgCluster, name: &str) -> String {
     format!(
-        r#"
-[storage]
-backend = "postgres"
-url = "{database}"
-pool_size = 8
-
-[engine]
-lease_s = {LEASE_S}
-claim_poll_ms = {CLAIM_POLL_MS}
-
-[auth]
-jwt_secret = "one-secret-every-host-of-the-cluster-shares"
-
+        r#"{}
 [streams]
 buffer_frames = 16384
 
@@ -86,7 +74,8 @@ buffer_frames = 16384
 http = {{ allow = ["127.0.0.1"] }}
 config = {{ host = "{name}" }}
 limits = {{ max_concurrency = 8 }}
-"#
+"#,
+        shared_host_config(cluster)
     )
 }
 
@@ -172,7 +161,7 @@ async fn three_hosts_run_every_task_once_and_take_over_a_killed_hosts_runs_after
         .map(|(name, dir)| {
             Some(HostProcess::spawn_with_config(
                 dir.path(),
-                &host_config(&cluster.url(), name),
+                &host_config(&cluster, name),
             ))
         })
         .collect();

@@ -7,6 +7,8 @@ mod auth;
 mod builds;
 mod cache;
 mod cluster;
+mod cluster_plugins;
+mod cluster_runners;
 mod contract;
 mod crash;
 mod gitlab;

@@ -18,6 +18,33 @@ mod cluster;
 
 pub use cluster::PgCluster;
 
+/// The configuration every host of a test cluster on `cluster` shares: leases and polls short
+/// enough for a takeover within a test, and one JWT secret (README, "Several hosts").
+pub fn shared_host_config(cluster: &PgCluster) -> String {
+    format!(
+        r#"
+[storage]
+backend = "postgres"
+url = "{}"
+pool_size = 8
+
+[engine]
+lease_s = {CLUSTER_LEASE_S}
+claim_poll_ms = {CLUSTER_CLAIM_POLL_MS}
+shutdown_grace_s = 2
+
+[auth]
+jwt_secret = "one-secret-every-host-of-the-cluster-shares"
+"#,
+        cluster.url()
+    )
+}
+
+/// The lease of [`shared_host_config`], in seconds.
+pub const CLUSTER_LEASE_S: u64 = 3;
+/// How often a host of [`shared_host_config`] looks for work without being told.
+pub const CLUSTER_CLAIM_POLL_MS: u64 = 200;
+
 async fn server_on(cluster: &PgCluster) -> TestServer {
     let url = cluster.url();
     TestServer::builder()

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use taskhost::registry::PluginRegistry;
+use taskhost::registry::{PluginRegistry, PluginStorage};
 use taskhost::runtime::{
     CompiledPlugin, FsMount, Grants, Invocation, LoadError, MemoryServices, RunOutcome,
     RunnersGrant, Runtime, RuntimeConfig, TaskControl, codes,
 };
+use taskhost::storage::plugin_store::PluginState;
+use taskhost::storage::{SledStorage, Storage};
 use warp::Filter;
 
 const TESTKIT: &[u8] = include_bytes!(env!("TASKHOST_TESTKIT_WASM"));
@@ -635,8 +637,15 @@ async fn grants_above_the_hosts_maximum_are_refused() {
 
 #[tokio::test]
 async fn replacing_a_plugin_lets_running_tasks_finish_on_the_old_version() {
-    let install = tempfile::tempdir().expect("tempdir");
-    let registry = PluginRegistry::new(runtime(), Some(install.path().to_owned()));
+    let data = tempfile::tempdir().expect("tempdir");
+    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(data.path()).expect("store"));
+    let registry = PluginRegistry::new(
+        runtime(),
+        Some(PluginStorage {
+            storage: storage.clone(),
+            host_id: "host-a".into(),
+        }),
+    );
     registry
         .install(TESTKIT, Grants::default())
         .await
@@ -669,11 +678,17 @@ async fn replacing_a_plugin_lets_running_tasks_finish_on_the_old_version() {
     let (outcome, _) = run(&current, "sleep", json!({"ms": 1})).await;
     assert_eq!(completed(outcome)["version"], next_version.as_str());
 
-    // The installed version is on disk for the next start.
-    assert_eq!(
-        std::fs::read(install.path().join("testkit.wasm")).expect("persisted"),
-        TESTKIT_NEXT
-    );
+    // The installed version is stored for the next start and for every other host.
+    let stored = storage
+        .plugins()
+        .get("testkit")
+        .await
+        .expect("read")
+        .expect("stored");
+    let PluginState::Installed { component, .. } = stored.state else {
+        panic!("testkit stored as unloaded");
+    };
+    assert_eq!(component, TESTKIT_NEXT);
 }
 
 #[tokio::test]

@@ -2,9 +2,11 @@
 //! whose labels it carries (long-poll), runs them (see [`job`]), and keeps its leases alive
 //! with heartbeats that also carry the host's "stop" for cancelled or lost jobs.
 //!
-//! The host keeps runners in memory, so after a host restart the runner's token is unknown:
-//! the next call answers 401 and the agent registers again (with its API key) and goes on
-//! claiming. A job it was running then has no owner at the host; it is ended. An API key that
+//! The host keeps runners in storage, so a host restart changes nothing for the agent: it
+//! retries until the host answers and goes on with the same registration. Only when the
+//! registration was removed does the next call answer 401; the agent then registers again
+//! (with its API key) and goes on claiming, ending a job it was running, which no longer has
+//! an owner at the host. An API key that
 //! is revoked, or lacks `runners:register`, stops the agent: that is how an operator retires
 //! a runner for good.
 

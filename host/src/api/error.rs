@@ -208,7 +208,7 @@ impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::Load(e) => ApiError::validation(e.to_string()),
-            RegistryError::AlreadyLoaded(_) => {
+            RegistryError::AlreadyLoaded(_) | RegistryError::ChangedElsewhere(_) => {
                 ApiError::new(StatusCode::CONFLICT, "CONFLICT", error.to_string())
             }
             RegistryError::NotFound(name) => ApiError::new(
@@ -218,7 +218,7 @@ impl From<RegistryError> for ApiError {
             ),
             RegistryError::NameMismatch { .. } => ApiError::validation(error.to_string()),
             RegistryError::GrantsFile { .. } => ApiError::validation(error.to_string()),
-            RegistryError::Persist { .. } => ApiError::internal(error),
+            RegistryError::Persist { source, .. } => ApiError::storage(source),
         }
     }
 }
@@ -239,6 +239,7 @@ impl From<RunnerError> for ApiError {
             RunnerError::Forbidden(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
             }
+            RunnerError::Storage(cause) => ApiError::storage(cause),
         }
     }
 }

@@ -37,15 +37,22 @@ fn runner(state: AppState) -> impl Filter<Extract = (String,), Error = warp::Rej
                         .or_else(|| h.strip_prefix("bearer "))
                 })
                 .map(str::trim);
-            let id = token
-                .and_then(|t| state.engine.runners().authenticate(t))
-                .ok_or_else(|| {
-                    warp::reject::custom(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "AUTHENTICATION_REQUIRED",
-                        "this route takes a runner token: Authorization: Bearer thr_…",
-                    ))
-                })?;
+            let found = match token {
+                Some(token) => state
+                    .engine
+                    .runners()
+                    .authenticate(token)
+                    .await
+                    .map_err(|e| warp::reject::custom(ApiError::from(e)))?,
+                None => None,
+            };
+            let id = found.ok_or_else(|| {
+                warp::reject::custom(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "AUTHENTICATION_REQUIRED",
+                    "this route takes a runner token: Authorization: Bearer thr_…",
+                ))
+            })?;
             check_rate(&state.limits, Class::Principal, &format!("runner:{id}"))
                 .map_err(warp::reject::custom)?;
             Ok::<_, warp::Rejection>(id)
@@ -142,14 +149,18 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .then(
             |p: Principal, bytes: bytes::Bytes, s: AppState| async move {
-                respond((|| {
-                    let r: Registration = parse_json(&bytes)?;
-                    let registered = s
-                        .engine
-                        .runners()
-                        .register_as(&p, &r.name, r.labels, r.capacity)?;
-                    Ok(json_reply(StatusCode::CREATED, &json!(registered)))
-                })())
+                respond(
+                    async {
+                        let r: Registration = parse_json(&bytes)?;
+                        let registered = s
+                            .engine
+                            .runners()
+                            .register_as(&p, &r.name, r.labels, r.capacity)
+                            .await?;
+                        Ok(json_reply(StatusCode::CREATED, &json!(registered)))
+                    }
+                    .await,
+                )
             },
         );
     let list = warp::path!("runners")
@@ -157,32 +168,39 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .then(|p: Principal, s: AppState| async move {
-            respond((|| {
-                let runners = s.engine.runners().list_for(&p)?;
-                Ok(json_reply(StatusCode::OK, &json!({"data": runners})))
-            })())
+            respond(
+                async {
+                    let runners = s.engine.runners().list_for(&p).await?;
+                    Ok(json_reply(StatusCode::OK, &json!({"data": runners})))
+                }
+                .await,
+            )
         });
     let get = warp::path!("runners" / String)
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
-            respond((|| {
-                Ok(json_reply(
-                    StatusCode::OK,
-                    &json!(s.engine.runners().get_for(&p, &id)?),
-                ))
-            })())
+            respond(
+                async {
+                    let runner = s.engine.runners().get_for(&p, &id).await?;
+                    Ok(json_reply(StatusCode::OK, &json!(runner)))
+                }
+                .await,
+            )
         });
     let remove = warp::path!("runners" / String)
         .and(warp::delete())
         .and(auth)
         .and(with_state.clone())
         .then(|id: String, p: Principal, s: AppState| async move {
-            respond((|| {
-                s.engine.runners().remove_as(&p, &id)?;
-                Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
-            })())
+            respond(
+                async {
+                    s.engine.runners().remove_as(&p, &id).await?;
+                    Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
+                }
+                .await,
+            )
         });
 
     let heartbeat = warp::path!("runners" / String / "heartbeat")
@@ -192,16 +210,19 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .then(
             |id: String, caller: String, bytes: bytes::Bytes, s: AppState| async move {
-                respond((|| {
-                    same_runner(&id, &caller)?;
-                    let beat: Heartbeat = if bytes.is_empty() {
-                        Heartbeat::default()
-                    } else {
-                        parse_json(&bytes)?
-                    };
-                    let reply = s.engine.runners().heartbeat(&id, &beat.running)?;
-                    Ok(json_reply(StatusCode::OK, &json!(reply)))
-                })())
+                respond(
+                    async {
+                        same_runner(&id, &caller)?;
+                        let beat: Heartbeat = if bytes.is_empty() {
+                            Heartbeat::default()
+                        } else {
+                            parse_json(&bytes)?
+                        };
+                        let reply = s.engine.runners().heartbeat(&id, &beat.running).await?;
+                        Ok(json_reply(StatusCode::OK, &json!(reply)))
+                    }
+                    .await,
+                )
             },
         );
     let claim = warp::path!("runners" / String / "jobs" / "claim")
@@ -216,7 +237,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     let query = Query::parse(&raw, &["wait_ms"], false)?;
                     let wait = query.u64_in("wait_ms", 0, 60_000, 0)?;
                     // Claiming counts as a sign of life, like a heartbeat.
-                    s.engine.runners().heartbeat(&id, &[])?;
+                    s.engine.runners().heartbeat(&id, &[]).await?;
                     let lease = s
                         .engine
                         .runners()
@@ -253,7 +274,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                             "at most {MAX_LOG_LINES} lines per report"
                         )));
                     }
-                    let context = s.engine.runners().touch(&id, &job)?;
+                    let context = s.engine.runners().touch(&id, &job).await?;
                     for line in report.lines {
                         let level = if line.stream == "stderr" {
                             "warn"
@@ -275,7 +296,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 async {
                     same_runner(&id, &caller)?;
                     let report: ProgressReport = parse_json(&bytes)?;
-                    let context = s.engine.runners().touch(&id, &job)?;
+                    let context = s.engine.runners().touch(&id, &job).await?;
                     s.engine
                         .runner_progress(
                             &context,

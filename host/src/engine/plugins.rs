@@ -1,15 +1,22 @@
 //! Plugin administration through the engine: install, replace (running tasks finish on the
-//! version they started on) and unload (refused while tasks run unless forced).
+//! version they started on) and unload (refused while tasks run unless forced), and applying
+//! the changes made through other hosts as they are announced.
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
+use tracing::warn;
 
 use super::{Engine, EngineError, lock};
 use crate::auth::Principal;
 use crate::model::TaskStatus;
 use crate::policy;
-use crate::registry::LoadedPlugin;
+use crate::registry::{LoadedPlugin, SyncedChange};
 use crate::runtime::Grants;
+
+/// How often a host looks for plugin changes without being told: an announcement can be
+/// missed while a listener reconnects.
+const PLUGIN_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Engine {
     /// Installs an uploaded plugin.
@@ -95,6 +102,67 @@ impl Engine {
             .map_err(|_| EngineError::PluginNotFound(name.to_owned()))?;
         self.notify_system("plugin_unloaded", json!({"name": name}));
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Applies the plugin changes stored through any host, when they are announced and at
+    /// least every [`PLUGIN_SYNC_INTERVAL`], until the engine stops.
+    pub fn spawn_plugin_sync(&self) {
+        let Some(changes) = self.inner.registry.changes() else {
+            return;
+        };
+        // Weak: the loop must not keep a stopped engine (and its store) alive.
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                // Registered before looking, so that a change stored meanwhile wakes the next
+                // wait instead of being missed.
+                let announced = changes.notified();
+                tokio::pin!(announced);
+                announced.as_mut().enable();
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                Engine { inner }.apply_stored_plugin_changes().await;
+                tokio::select! {
+                    () = announced => {}
+                    () = tokio::time::sleep(PLUGIN_SYNC_INTERVAL) => {}
+                }
+            }
+        });
+    }
+
+    async fn apply_stored_plugin_changes(&self) {
+        let changes = match self.inner.registry.sync().await {
+            Ok(changes) => changes,
+            Err(e) => {
+                warn!(error = %e, "could not look for stored plugin changes");
+                return;
+            }
+        };
+        for change in &changes {
+            match change {
+                SyncedChange::Loaded { plugin, replaced } => {
+                    let event = if *replaced {
+                        "plugin_replaced"
+                    } else {
+                        "plugin_loaded"
+                    };
+                    self.notify_plugin(event, plugin);
+                }
+                SyncedChange::Unloaded(name) => {
+                    self.notify_system("plugin_unloaded", json!({"name": name}));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            // Tasks of a plugin this host had not loaded may be waiting for it.
+            self.inner.wake.notify_one();
+        }
     }
 }
 

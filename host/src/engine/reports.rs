@@ -118,7 +118,8 @@ impl Engine {
         let context = self
             .inner
             .runners
-            .step_finished(runner_id, job_id, outcome)?;
+            .step_finished(runner_id, job_id, outcome)
+            .await?;
         self.runner_log(&context, level, &line).await
     }
 
@@ -134,8 +135,9 @@ impl Engine {
         let state = self
             .inner
             .runners
-            .finish(runner_id, job_id, status, artifacts)?;
-        let context = self.inner.runners.job_context(job_id)?;
+            .finish(runner_id, job_id, status, artifacts)
+            .await?;
+        let context = self.inner.runners.job_context(job_id).await?;
         for artifact in &state.artifacts {
             let line = format!(
                 "artifact {} ({} bytes, sha256 {})",

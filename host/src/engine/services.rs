@@ -31,6 +31,13 @@ fn runner_failure(error: RunnerError) -> HostError {
         RunnerError::NotLeased(_) => host_error(ErrorKind::Failed, error.to_string()),
         RunnerError::Invalid(message) => host_error(ErrorKind::Invalid, message),
         RunnerError::Forbidden(message) => host_error(ErrorKind::Denied, message),
+        RunnerError::Storage(cause) => {
+            warn!(error = %cause, "storage failed during a runner call");
+            host_error(
+                ErrorKind::Failed,
+                "the host could not store that; try again",
+            )
+        }
     }
 }
 
@@ -76,6 +83,8 @@ pub(crate) struct EngineServices {
     children: std::sync::atomic::AtomicU64,
     /// This run's secret values: masked out of everything it reports.
     secrets: Vec<String>,
+    /// Names this run among the task's runs, so that a later run can adopt its jobs.
+    run: String,
 }
 
 impl EngineServices {
@@ -85,12 +94,13 @@ impl EngineServices {
             task: task.clone(),
             children: std::sync::atomic::AtomicU64::new(0),
             secrets,
+            run: uuid::Uuid::now_v7().to_string(),
         }
     }
 
     /// A plugin may wait on and cancel only the jobs its own task dispatched.
-    fn own_job(&self, id: &str) -> Result<(), HostError> {
-        match self.inner.runners.task_of(id) {
+    async fn own_job(&self, id: &str) -> Result<(), HostError> {
+        match self.inner.runners.task_of(id).await {
             Ok(task) if task == self.task.id => Ok(()),
             _ => Err(host_error(
                 ErrorKind::NotFound,
@@ -378,6 +388,8 @@ impl TaskServices for EngineServices {
             .inner
             .runners
             .list()
+            .await
+            .map_err(runner_failure)?
             .into_iter()
             .filter(|r| labels.iter().all(|l| r.labels.contains(l)))
             .map(|r| RunnerInfo {
@@ -419,12 +431,13 @@ impl TaskServices for EngineServices {
         };
         self.inner
             .runners
-            .dispatch(&self.task.id, spec, self.secrets.clone())
+            .dispatch(&self.task.id, &self.run, spec, self.secrets.clone())
+            .await
             .map_err(runner_failure)
     }
 
     async fn wait_job(&self, id: String, timeout_ms: u32) -> Result<JobState, HostError> {
-        self.own_job(&id)?;
+        self.own_job(&id).await?;
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms)).min(MAX_JOB_WAIT);
         self.inner
             .runners
@@ -435,10 +448,11 @@ impl TaskServices for EngineServices {
     }
 
     async fn cancel_job(&self, id: String) -> Result<(), HostError> {
-        self.own_job(&id)?;
+        self.own_job(&id).await?;
         self.inner
             .runners
             .cancel(&id)
+            .await
             .map(|_| ())
             .map_err(runner_failure)
     }

@@ -304,9 +304,14 @@ impl Inner {
             timeout: Some(Duration::from_secs(task.timeout_s)),
         };
         let outcome = plugin.run(invocation, services, control.clone()).await;
-        // Jobs a run delegated end with it; a retry dispatches its own.
-        self.runners.cancel_task_jobs(&task.id);
         let directive = control.directive();
+        // Jobs a run delegated end with it (a retry dispatches its own), but for a run stopped
+        // by shutdown: the run after the restart adopts them, in flight or ended meanwhile.
+        if directive != Directive::Shutdown
+            && let Err(e) = self.runners.settle_task_jobs(&task.id).await
+        {
+            warn!(task = %task.id, error = %e, "could not settle the jobs the run left");
+        }
         self.release(&id, &plugin_name);
         self.finish(&task, outcome, directive, &secrets, lease)
             .await;

@@ -1,5 +1,6 @@
 //! The task model shared by storage, engine and API: tasks, their statuses and the one state
-//! machine that says which status may follow which, events, log lines and records.
+//! machine that says which status may follow which, events, log lines and records, and the
+//! jobs tasks hand to runners ([`runner`]).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use utoipa::ToSchema;
 use crate::runtime::TaskFailure;
 
 mod event;
+pub mod runner;
 pub use event::{Event, EventData, EventKind, QueueCause};
 
 /// RFC 3339 in UTC with milliseconds, as the API fixes. In a compact (binary) store encoding a

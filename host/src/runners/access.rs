@@ -8,7 +8,7 @@ use crate::policy;
 
 impl Runners {
     /// Registers a runner on behalf of `by`.
-    pub fn register_as(
+    pub async fn register_as(
         &self,
         by: &Principal,
         name: &str,
@@ -26,11 +26,11 @@ impl Runners {
                 "this key may not register runners carrying {refused:?}"
             )));
         }
-        self.register(&by.name, name, labels, capacity)
+        self.register(&by.name, name, labels, capacity).await
     }
 
     /// The runners `by` may see: all for an admin, its own registrations otherwise.
-    pub fn list_for(&self, by: &Principal) -> Result<Vec<RunnerView>, RunnerError> {
+    pub async fn list_for(&self, by: &Principal) -> Result<Vec<RunnerView>, RunnerError> {
         if !policy::may_register_runners(by) {
             return Err(RunnerError::Forbidden(
                 "listing runners needs the runners:register right".into(),
@@ -38,27 +38,29 @@ impl Runners {
         }
         Ok(self
             .list()
+            .await?
             .into_iter()
             .filter(|r| policy::may_manage_runner(by, &r.owner))
             .collect())
     }
 
     /// One runner, if `by` may see it (an operator's runner it may not see is not found).
-    pub fn get_for(&self, by: &Principal, id: &str) -> Result<RunnerView, RunnerError> {
+    pub async fn get_for(&self, by: &Principal, id: &str) -> Result<RunnerView, RunnerError> {
         if !policy::may_register_runners(by) {
             return Err(RunnerError::Forbidden(
                 "runners are managed with the runners:register right".into(),
             ));
         }
         self.get(id)
+            .await
             .ok()
             .filter(|r| policy::may_manage_runner(by, &r.owner))
             .ok_or_else(|| RunnerError::UnknownRunner(id.to_owned()))
     }
 
     /// Removes a runner: its registrant or an admin only.
-    pub fn remove_as(&self, by: &Principal, id: &str) -> Result<(), RunnerError> {
-        self.get_for(by, id)?;
-        self.unregister(id)
+    pub async fn remove_as(&self, by: &Principal, id: &str) -> Result<(), RunnerError> {
+        self.get_for(by, id).await?;
+        self.unregister(id).await
     }
 }

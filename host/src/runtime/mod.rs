@@ -49,6 +49,7 @@ pub use bindings::taskhost::plugin::runners::{
 };
 pub use bindings::taskhost::plugin::tasks::{SpawnRequest, TaskState};
 pub use bindings::taskhost::plugin::types::{ErrorKind, HostError, TaskError as GuestTaskError};
+pub use cache::digest;
 pub use control::{Directive, TaskControl};
 pub use grants::{
     AccessGrant, FsMount, Grants, GrantsError, HostPattern, HttpGrant, Limits, RunnersGrant,

@@ -33,6 +33,8 @@ pub(crate) async fn run_all<B: Backend>(mut new_backend: impl FnMut() -> B) {
     everything_survives_a_restart_and_seqs_continue_above(&mut new_backend()).await;
     logs_records_and_plugin_data_round_trip(&mut new_backend()).await;
     retention_prunes_only_finished_tasks_oldest_first_with_their_events(&mut new_backend()).await;
+    super::runner_conformance::run_all(&mut new_backend).await;
+    super::plugin_conformance::run_all(&mut new_backend).await;
 }
 
 fn at(ms: i64) -> DateTime<Utc> {

@@ -17,10 +17,18 @@ mod codec;
 pub mod commit;
 #[cfg(test)]
 pub mod conformance;
+#[cfg(test)]
+mod plugin_conformance;
+pub mod plugin_store;
 pub mod postgres;
+#[cfg(test)]
+mod runner_conformance;
+pub mod runner_store;
 pub mod shared;
 mod sled_index;
 mod sled_merge;
+mod sled_plugins;
+mod sled_runners;
 mod sled_staging;
 mod sled_store;
 
@@ -336,6 +344,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StorageError>;
     /// Keys of one owner, or all.
     async fn list_api_keys(&self, owner: Option<&str>) -> Result<Vec<ApiKeyRecord>, StorageError>;
+
+    /// Runner registrations and their jobs.
+    fn runners(&self) -> &dyn runner_store::RunnerStore;
+
+    /// Plugins installed, replaced or unloaded at runtime.
+    fn plugins(&self) -> &dyn plugin_store::PluginStore;
 
     /// Which backend this is, for health reports (`sled`, `postgres`).
     fn backend_name(&self) -> &'static str;

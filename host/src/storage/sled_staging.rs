@@ -103,7 +103,7 @@ impl Staging {
         if let Some((_, value)) = lock(&self.state).overlay.get(key) {
             return Ok(value.clone());
         }
-        self.main.get(key).map_err(super::sled_store::backend)
+        self.main.get(key).map_err(super::sled_store::sled_error)
     }
 
     /// Stages one write. The caller holds the backend's commit lock, so writes are staged in
@@ -142,7 +142,7 @@ impl Staging {
         let applied = self
             .main
             .apply_batch(batch)
-            .map_err(super::sled_store::write_error);
+            .map_err(super::sled_store::sled_error);
         let mut state = lock(&self.state);
         match applied {
             Ok(()) => {

@@ -39,6 +39,10 @@ use tokio::sync::{broadcast, watch};
 use super::cells::{self, Cell};
 use super::codec::{decode, decode_event, encode, encode_json};
 use super::commit::OnFlushFailure;
+use super::plugin_store::PluginStore;
+use super::runner_store::RunnerStore;
+use super::sled_plugins::SledPlugins;
+use super::sled_runners::SledRunners;
 use super::sled_staging::{Staging, Writes};
 use super::{CommitLog, StatusCounts, Storage, StorageConfig, StorageError, TaskQuery, sled_index};
 use crate::model::{
@@ -61,6 +65,8 @@ pub struct SledStorage {
     commit: Mutex<CommitState>,
     log: Arc<CommitLog>,
     flusher: Option<JoinHandle<()>>,
+    runners: SledRunners,
+    plugins: SledPlugins,
 }
 
 struct CommitState {
@@ -71,8 +77,9 @@ pub(super) fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
-/// A failed sled write: an I/O error (a full disk) means the store takes no more writes.
-pub(super) fn write_error(e: sled::Error) -> StorageError {
+/// A failed sled call: an I/O error (a full disk) means the store takes no more writes. sled
+/// keeps its first I/O error and may fail later calls with it, reads included.
+pub(super) fn sled_error(e: sled::Error) -> StorageError {
     match e {
         sled::Error::Io(io) => StorageError::Unavailable(io.to_string()),
         other => backend(other),
@@ -153,6 +160,8 @@ impl SledStorage {
                 .flush_every_ms(None),
         )?;
         let main = db.open_tree("main").map_err(backend)?;
+        let runners = SledRunners::open(db.open_tree("runners").map_err(backend)?)?;
+        let plugins = SledPlugins::open(db.open_tree("plugins").map_err(backend)?);
         sled_index::rebuild_if_older(&main)?;
         let last_seq = main
             .scan_prefix(prefix(&[b"e"]))
@@ -173,7 +182,7 @@ impl SledStorage {
                 move || {
                     log.run_flusher(|| {
                         staging.apply()?;
-                        db.flush().map(drop).map_err(write_error)
+                        db.flush().map(drop).map_err(sled_error)
                     })
                 }
             })
@@ -184,6 +193,8 @@ impl SledStorage {
             commit: Mutex::new(CommitState { last_seq }),
             log,
             flusher: Some(flusher),
+            runners,
+            plugins,
         })
     }
 
@@ -340,7 +351,7 @@ impl SledStorage {
 
     /// Registers a write that has no events, so that a `sync` after it covers it.
     fn written<T>(&self, result: sled::Result<T>) -> Result<(), StorageError> {
-        result.map_err(write_error)?;
+        result.map_err(sled_error)?;
         self.log.check_writable()?;
         self.log.committed(Vec::new());
         Ok(())
@@ -813,6 +824,14 @@ impl Storage for SledStorage {
 
     fn backend_name(&self) -> &'static str {
         "sled"
+    }
+
+    fn runners(&self) -> &dyn RunnerStore {
+        &self.runners
+    }
+
+    fn plugins(&self) -> &dyn PluginStore {
+        &self.plugins
     }
 
     async fn sync(&self) -> Result<(), StorageError> {

@@ -18,6 +18,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use super::plugins::PgPlugins;
+use super::runners::PgRunners;
 use super::tally::Tally;
 use super::tasks::{self, Removal};
 use super::{PgSettings, connect, events, follow, listing, pg_error, stat_cells};
@@ -26,6 +28,8 @@ use crate::model::{
 };
 use crate::storage::cells::Cell;
 use crate::storage::codec::{decode, encode};
+use crate::storage::plugin_store::PluginStore;
+use crate::storage::runner_store::RunnerStore;
 use crate::storage::{HostRecord, StatusCounts, Storage, StorageError, TaskQuery};
 
 /// Live events buffered for a slow subscriber before it lags (as on sled).
@@ -44,6 +48,8 @@ pub struct PgStorage {
     /// PostgreSQL has no state in which it refuses writes for good: this never fires.
     failure: watch::Sender<Option<String>>,
     follower: JoinHandle<()>,
+    runners: PgRunners,
+    plugins: PgPlugins,
 }
 
 impl PgStorage {
@@ -54,11 +60,13 @@ impl PgStorage {
         let delivery = Arc::new(follow::Delivery::new(last_seq, BROADCAST_CAPACITY));
         let follower = follow::spawn(pool.clone(), POLL_EVERY, delivery.clone());
         Ok(Self {
-            pool,
+            pool: pool.clone(),
             delivery,
             written: AtomicU64::new(last_seq),
             failure: watch::channel(None).0,
             follower,
+            runners: PgRunners::new(pool.clone()),
+            plugins: PgPlugins::new(pool.clone()),
         })
     }
 
@@ -471,6 +479,14 @@ impl Storage for PgStorage {
 
     fn backend_name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn runners(&self) -> &dyn RunnerStore {
+        &self.runners
+    }
+
+    fn plugins(&self) -> &dyn PluginStore {
+        &self.plugins
     }
 
     async fn heartbeat(&self, host: &HostRecord) -> Result<(), StorageError> {
