@@ -329,3 +329,137 @@ async fn delegation_needs_the_runners_grant_and_keeps_to_the_granted_pool() {
     assert_eq!(lease["spec"]["labels"], json!(["linux", "pool-ci"]));
     assert!(outside.claim(500).await.is_none(), "outside the pool");
 }
+
+#[tokio::test]
+async fn the_fleet_shows_state_profile_and_usage_filters_by_status_and_labels_and_sums_up() {
+    let server = TestServer::builder()
+        .config(|c| c.runners.offline_after_s = 1)
+        .start()
+        .await;
+    let api = server.api();
+    let (status, big) = api
+        .post(
+            "/api/v1/runners",
+            json!({
+                "name": "big", "labels": ["linux", "docker"], "capacity": 1,
+                "os": "linux", "architecture": "x64",
+                "capabilities": {"docker": true, "kubernetes": false, "max_concurrent_jobs": 5},
+                "resource_info": {"cpu_cores": 8, "memory_gb": 16, "disk_gb": 200},
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{big}");
+    assert_eq!(big["status"], "online");
+    assert_eq!(big["capabilities"]["max_concurrent_jobs"], 5);
+    let big = HttpRunner {
+        id: big["id"].as_str().unwrap().to_owned(),
+        client: client_with_token(big["token"].as_str().unwrap()),
+        base: server.url(""),
+    };
+    let idle = HttpRunner::register(&server, "idle", &["linux"]).await;
+    let silent = HttpRunner::register(&server, "silent", &["windows"]).await;
+
+    // What a runner may say about itself is bounded, and a refusal registers nothing.
+    let too_many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("c{i}"), json!(true))).collect();
+    for bad in [
+        json!({"name": "x", "os": "linux; rm -rf /"}),
+        json!({"name": "x", "capabilities": {"nested": {"no": 1}}}),
+        json!({"name": "x", "capabilities": too_many}),
+        json!({"name": "x", "resource_info": {"bad key": 1}}),
+    ] {
+        let (status, body) = api.post("/api/v1/runners", bad.clone()).await;
+        assert_error(status, &body, 400, "VALIDATION_ERROR");
+    }
+
+    let task = api.create(delegate(&["docker"], &["make"])).await;
+    let lease = big.claim(10_000).await.expect("big takes the docker job");
+    let job = lease["job_id"].as_str().unwrap().to_owned();
+    let (status, body) = big
+        .post(
+            "/heartbeat",
+            json!({"running": [job], "resource_usage": {"cpu_usage": 45.2, "memory_usage": 512}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = big
+        .post(
+            "/heartbeat",
+            json!({"resource_usage": {"cpu_usage": "high"}}),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+
+    // `silent` says nothing for longer than offline_after_s; the others keep beating.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for runner in [&big, &idle] {
+        let running = if runner.id == big.id {
+            json!([job])
+        } else {
+            json!([])
+        };
+        let (status, body) = runner.post("/heartbeat", json!({"running": running})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let names = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, all) = api.get("/api/v1/runners").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(
+        all["summary"],
+        json!({"total": 3, "online": 2, "busy": 1, "idle": 1, "offline": 1})
+    );
+    assert_eq!(names(&all), ["big", "idle", "silent"]);
+
+    let (_, busy) = api.get("/api/v1/runners?status=busy").await;
+    assert_eq!(names(&busy), ["big"]);
+    let shown = &busy["data"][0];
+    assert_eq!(shown["busy"], true);
+    assert_eq!(
+        shown["current_job"],
+        json!({"job_id": job, "task_id": task["id"]})
+    );
+    assert_eq!(
+        shown["resource_usage"],
+        json!({"cpu_usage": 45.2, "memory_usage": 512.0}),
+        "the usage last reported is kept by heartbeats that carry none"
+    );
+    assert_eq!(
+        (&shown["os"], &shown["architecture"]),
+        (&json!("linux"), &json!("x64"))
+    );
+    assert_eq!(shown["resource_info"]["cpu_cores"], 8);
+    assert_eq!(
+        busy["summary"], all["summary"],
+        "the summary counts every runner one may see"
+    );
+
+    for (query, expected) in [
+        ("status=idle", vec!["idle"]),
+        ("status=offline", vec!["silent"]),
+        ("status=online", vec!["big", "idle"]),
+        ("labels=linux,docker", vec!["big"]),
+        ("labels=linux", vec!["big", "idle"]),
+        ("status=idle&labels=docker", vec![]),
+    ] {
+        let (status, list) = api.get(&format!("/api/v1/runners?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {list}");
+        assert_eq!(names(&list), expected, "{query}");
+    }
+    let (_, offline) = api.get(&format!("/api/v1/runners/{}", silent.id)).await;
+    assert_eq!(
+        (&offline["status"], &offline["busy"]),
+        (&json!("offline"), &json!(false))
+    );
+    for bad in ["status=sleeping", "colour=blue"] {
+        let (status, body) = api.get(&format!("/api/v1/runners?{bad}")).await;
+        assert_error(status, &body, 400, "VALIDATION_ERROR");
+    }
+}

@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::machine;
 use crate::runners::{Artifact, HeartbeatReply, JobStatus, Lease, StepOutcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +122,13 @@ impl HostClient {
             .http
             .post(self.url("/runners"))
             .header("x-api-key", &self.api_key)
-            .json(&json!({"name": name, "labels": labels, "capacity": capacity}));
+            .json(&{
+                let mut body = machine::profile();
+                body.insert("name".into(), json!(name));
+                body.insert("labels".into(), json!(labels));
+                body.insert("capacity".into(), json!(capacity));
+                body
+            });
         let body = self
             .send(request, Duration::from_secs(30))
             .await?
@@ -143,7 +150,11 @@ impl HostClient {
         running: &[String],
     ) -> Result<HeartbeatReply, ClientError> {
         let body = self
-            .runner_call(registration, "/heartbeat", &json!({"running": running}))
+            .runner_call(
+                registration,
+                "/heartbeat",
+                &json!({"running": running, "resource_usage": machine::usage()}),
+            )
             .await?
             .unwrap_or(Value::Null);
         serde_json::from_value(body)

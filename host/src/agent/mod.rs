@@ -13,6 +13,7 @@
 pub mod client;
 pub mod files;
 pub mod job;
+pub mod machine;
 pub mod sandbox;
 
 use std::collections::HashMap;

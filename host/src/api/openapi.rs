@@ -24,6 +24,7 @@ use crate::auth::ApiKeyRequest;
 use crate::engine::Stats;
 use crate::engine::{ProgressReport, QueueInfo, TaskUpdate};
 use crate::model::{EventKind, LogEntry, Record, Task};
+use crate::runners::{CurrentJob, FleetSummary, RunnerList, RunnerState, RunnerView};
 
 /// One route: method, path, summary, success status, request and response schema names.
 pub struct Route {
@@ -294,18 +295,18 @@ pub const ROUTES: &[Route] = &[
     route(
         "get",
         "/api/v1/runners",
-        "List runners",
+        "List runners (status=online|offline|busy|idle, labels=a,b: carrying every one), with the summary of all one may see",
         200,
         None,
-        "Object",
+        "RunnerList",
     ),
     route(
         "get",
         "/api/v1/runners/{id}",
-        "One runner",
+        "One runner: status, busy, current_job, profile and last reported resource_usage",
         200,
         None,
-        "Object",
+        "Runner",
     ),
     route(
         "delete",
@@ -318,7 +319,7 @@ pub const ROUTES: &[Route] = &[
     route(
         "post",
         "/api/v1/runners/{id}/heartbeat",
-        "Runner token: a sign of life with the jobs it runs; answers jobs to stop",
+        "Runner token: a sign of life with the jobs it runs (and resource_usage, numbers by name); answers jobs to stop",
         200,
         None,
         "Object",
@@ -497,7 +498,8 @@ struct QueueList {
     components(schemas(
         Task, TaskPage, CreateTaskBody, TaskUpdate, ProgressReport, MessageBody, Event, EventPage,
         LogPage, RecordPage, QueueInfo, QueueList, Stats, LoginBody, NewUserBody, RoleChange,
-        ApiKeyRequest, Registration, ErrorBody
+        ApiKeyRequest, Registration, RunnerView, RunnerList, FleetSummary, CurrentJob,
+        RunnerState, ErrorBody
     )),
     modifiers(&Operations),
     security(("bearer" = []), ("apiKey" = []))
@@ -600,14 +602,17 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
                 .build()
         })
         .collect::<Vec<_>>();
-    let responses = ResponsesBuilder::new()
-        .response(
-            route.status.to_string(),
-            ResponseBuilder::new().description("success").content(
-                media(route.response),
-                Content::new(Some(Ref::from_schema_name(route.response))),
-            ),
+    // A 204 has no body to describe.
+    let success = if route.status == 204 {
+        ResponseBuilder::new().description("success, no content")
+    } else {
+        ResponseBuilder::new().description("success").content(
+            media(route.response),
+            Content::new(Some(Ref::from_schema_name(route.response))),
         )
+    };
+    let responses = ResponsesBuilder::new()
+        .response(route.status.to_string(), success)
         .response(
             "default",
             ResponseBuilder::new().description("error").content(

@@ -6,6 +6,8 @@
 //! nothing else: heartbeat, claim a job (long-poll), and report on the jobs it holds — log
 //! lines and progress go to the owning task, step outcomes and the final status to the job.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -20,7 +22,9 @@ use super::{
     respond,
 };
 use crate::auth::Principal;
-use crate::runners::{Artifact, JobStatus, StepOutcome};
+use crate::runners::{
+    Artifact, Fact, JobStatus, RunnerFilter, RunnerProfile, RunnerState, StepOutcome,
+};
 
 /// Lines one log report may carry.
 const MAX_LOG_LINES: usize = 1000;
@@ -87,6 +91,30 @@ pub(crate) struct Registration {
     )]
     #[schema(minimum = 1, maximum = 1024)]
     capacity: u32,
+    #[schema(max_length = 64, pattern = "^[A-Za-z0-9._+-]+$")]
+    os: Option<String>,
+    #[schema(max_length = 64, pattern = "^[A-Za-z0-9._+-]+$")]
+    architecture: Option<String>,
+    /// What the runner can do, as scalars (`{"docker": true, "max_concurrent_jobs": 5}`); at
+    /// most 32 entries.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    capabilities: BTreeMap<String, Fact>,
+    /// What the runner has (`{"cpu_cores": 8, "memory_gb": 16}`); at most 32 entries.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    resource_info: BTreeMap<String, Fact>,
+}
+
+impl Registration {
+    fn profile(&mut self) -> RunnerProfile {
+        RunnerProfile {
+            os: self.os.take(),
+            architecture: self.architecture.take(),
+            capabilities: std::mem::take(&mut self.capabilities),
+            resource_info: std::mem::take(&mut self.resource_info),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -98,6 +126,9 @@ fn one() -> u32 {
 struct Heartbeat {
     #[serde(default)]
     running: Vec<String>,
+    /// What the runner uses now (`{"cpu_usage": 45.2, "memory_usage": 512}`), kept until the
+    /// next heartbeat that carries it.
+    resource_usage: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +167,30 @@ struct Finish {
     artifacts: Vec<Artifact>,
 }
 
+/// `?status=online|offline|busy|idle&labels=a,b` of a runner listing.
+fn runner_filter(raw: &str) -> Result<RunnerFilter, ApiError> {
+    let query = Query::parse(raw, &["status", "labels"], false)?;
+    let state = match query.get("status") {
+        Some(text) => Some(RunnerState::parse(text).ok_or_else(|| {
+            ApiError::validation(format!(
+                "status is online, offline, busy or idle, not {text:?}"
+            ))
+        })?),
+        None => None,
+    };
+    let labels = query
+        .get("labels")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(RunnerFilter { state, labels })
+}
+
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let auth = authenticated(state.clone());
     let runner = runner(state.clone());
@@ -151,11 +206,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             |p: Principal, bytes: bytes::Bytes, s: AppState| async move {
                 respond(
                     async {
-                        let r: Registration = parse_json(&bytes)?;
+                        let mut r: Registration = parse_json(&bytes)?;
+                        let profile = r.profile();
                         let registered = s
                             .engine
                             .runners()
-                            .register_as(&p, &r.name, r.labels, r.capacity)
+                            .register_as(&p, &r.name, r.labels, r.capacity, profile)
                             .await?;
                         Ok(json_reply(StatusCode::CREATED, &json!(registered)))
                     }
@@ -166,12 +222,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let list = warp::path!("runners")
         .and(warp::get())
         .and(auth.clone())
+        .and(raw_query())
         .and(with_state.clone())
-        .then(|p: Principal, s: AppState| async move {
+        .then(|p: Principal, raw: String, s: AppState| async move {
             respond(
                 async {
-                    let runners = s.engine.runners().list_for(&p).await?;
-                    Ok(json_reply(StatusCode::OK, &json!({"data": runners})))
+                    let filter = runner_filter(&raw)?;
+                    let runners = s.engine.runners().list_for(&p, &filter).await?;
+                    Ok(json_reply(StatusCode::OK, &json!(runners)))
                 }
                 .await,
             )
@@ -218,7 +276,11 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                         } else {
                             parse_json(&bytes)?
                         };
-                        let reply = s.engine.runners().heartbeat(&id, &beat.running).await?;
+                        let reply = s
+                            .engine
+                            .runners()
+                            .heartbeat(&id, &beat.running, beat.resource_usage)
+                            .await?;
                         Ok(json_reply(StatusCode::OK, &json!(reply)))
                     }
                     .await,
@@ -237,7 +299,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     let query = Query::parse(&raw, &["wait_ms"], false)?;
                     let wait = query.u64_in("wait_ms", 0, 60_000, 0)?;
                     // Claiming counts as a sign of life, like a heartbeat.
-                    s.engine.runners().heartbeat(&id, &[]).await?;
+                    s.engine.runners().heartbeat(&id, &[], None).await?;
                     let lease = s
                         .engine
                         .runners()

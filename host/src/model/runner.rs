@@ -1,6 +1,10 @@
-//! What a runner's job is and reports, as stored and as the API shows it: the job's status,
-//! the outcome of each step and the files it left behind.
+//! What a runner says about itself and what its jobs report, as stored and as the API shows
+//! it: the runner's profile and resource usage, the job's status, the outcome of each step
+//! and the files it left behind.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,4 +83,33 @@ mod tests {
         }
         assert_eq!(JobStatus::parse("done"), None);
     }
+}
+
+/// A scalar a runner reports about itself: `true`, `8`, `"x64"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Fact {
+    Flag(bool),
+    /// As sent: `8` stays an integer.
+    Number(serde_json::Number),
+    Text(String),
+}
+
+/// What a runner said about itself when it registered; everything optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunnerProfile {
+    pub os: Option<String>,
+    pub architecture: Option<String>,
+    /// What it can do (`docker: true`, `max_concurrent_jobs: 5`).
+    pub capabilities: BTreeMap<String, Fact>,
+    /// What it has (`cpu_cores: 8`, `memory_gb: 16`).
+    pub resource_info: BTreeMap<String, Fact>,
+}
+
+/// The resource usage a runner's last heartbeat reported (`cpu_usage: 45.2`), and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    pub values: BTreeMap<String, f64>,
+    pub reported_at: DateTime<Utc>,
 }

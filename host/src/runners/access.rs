@@ -2,7 +2,10 @@
 //! runners, each after [`policy`]'s decision. Registration is an operator right; a key may be
 //! limited to some labels, so it cannot claim a pool set aside for another plugin.
 
-use super::{Registered, RunnerError, RunnerView, Runners};
+use super::{
+    FleetSummary, Registered, RunnerError, RunnerFilter, RunnerList, RunnerProfile, RunnerView,
+    Runners,
+};
 use crate::auth::Principal;
 use crate::policy;
 
@@ -14,6 +17,7 @@ impl Runners {
         name: &str,
         labels: Vec<String>,
         capacity: u32,
+        profile: RunnerProfile,
     ) -> Result<Registered, RunnerError> {
         if !policy::may_register_runners(by) {
             return Err(RunnerError::Forbidden(
@@ -26,22 +30,33 @@ impl Runners {
                 "this key may not register runners carrying {refused:?}"
             )));
         }
-        self.register(&by.name, name, labels, capacity).await
+        self.register_with_profile(&by.name, name, labels, capacity, profile)
+            .await
     }
 
-    /// The runners `by` may see: all for an admin, its own registrations otherwise.
-    pub async fn list_for(&self, by: &Principal) -> Result<Vec<RunnerView>, RunnerError> {
+    /// The runners `by` may see (all for an admin, its own registrations otherwise) that
+    /// `filter` lets through, with the summary of all it may see.
+    pub async fn list_for(
+        &self,
+        by: &Principal,
+        filter: &RunnerFilter,
+    ) -> Result<RunnerList, RunnerError> {
         if !policy::may_register_runners(by) {
             return Err(RunnerError::Forbidden(
                 "listing runners needs the runners:register right".into(),
             ));
         }
-        Ok(self
+        let visible: Vec<RunnerView> = self
             .list()
             .await?
             .into_iter()
             .filter(|r| policy::may_manage_runner(by, &r.owner))
-            .collect())
+            .collect();
+        let summary = FleetSummary::of(&visible);
+        Ok(RunnerList {
+            data: visible.into_iter().filter(|r| filter.matches(r)).collect(),
+            summary,
+        })
     }
 
     /// One runner, if `by` may see it (an operator's runner it may not see is not found).

@@ -14,6 +14,7 @@
 //! or a restart) that dispatches the same job as the run before adopts the job still in
 //! flight, so a runner's work is not done twice because a host went away.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,11 +24,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 mod access;
+mod fleet;
 mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use crate::model::runner::{Artifact, JobStatus, StepOutcome};
+pub use crate::model::runner::{
+    Artifact, Fact, JobStatus, ResourceUsage, RunnerProfile, StepOutcome,
+};
+pub use fleet::{CurrentJob, FleetSummary, RunnerFilter, RunnerList, RunnerState, RunnerView};
 pub use spec::{JobSpec, MAX_ARTIFACTS, MAX_LINE_BYTES, MAX_OUTPUT_TAIL, StepSpec, keep_end};
 
 use crate::auth::{SecretBox, random_token, sha256_hex};
@@ -99,20 +104,6 @@ pub struct JobState {
     pub deliveries: u32,
     pub steps: Vec<StepOutcome>,
     pub artifacts: Vec<Artifact>,
-}
-
-/// A runner as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunnerView {
-    pub id: String,
-    pub name: String,
-    pub labels: Vec<String>,
-    pub capacity: u32,
-    pub running_jobs: Vec<String>,
-    pub online: bool,
-    pub owner: String,
-    pub registered_at: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
 }
 
 /// What registration returns: the runner and its token, in clear this once.
@@ -208,25 +199,6 @@ impl Runners {
         Utc::now() + seconds(self.config.lease_s)
     }
 
-    fn view(&self, runner: RunnerRecord, running: &[(String, String)]) -> RunnerView {
-        let online = Utc::now() - runner.last_seen < seconds(self.config.offline_after_s);
-        RunnerView {
-            running_jobs: running
-                .iter()
-                .filter(|(_, on)| *on == runner.id)
-                .map(|(job, _)| job.clone())
-                .collect(),
-            online,
-            id: runner.id,
-            name: runner.name,
-            labels: runner.labels,
-            capacity: runner.capacity,
-            owner: runner.owner,
-            registered_at: runner.registered_at,
-            last_seen: runner.last_seen,
-        }
-    }
-
     fn seal(&self, spec: JobSpec, secrets: Vec<String>) -> Result<String, RunnerError> {
         let value = serde_json::to_value(SealedJob { spec, secrets })
             .map_err(|e| StorageError::Backend(format!("encode job: {e}")))?;
@@ -256,6 +228,20 @@ impl Runners {
         labels: Vec<String>,
         capacity: u32,
     ) -> Result<Registered, RunnerError> {
+        self.register_with_profile(owner, name, labels, capacity, RunnerProfile::default())
+            .await
+    }
+
+    /// [`register`](Self::register), with what the runner says about itself.
+    pub async fn register_with_profile(
+        &self,
+        owner: &str,
+        name: &str,
+        labels: Vec<String>,
+        capacity: u32,
+        profile: RunnerProfile,
+    ) -> Result<Registered, RunnerError> {
+        fleet::check_profile(&profile)?;
         if name.is_empty() || name.chars().count() > 128 {
             return Err(RunnerError::Invalid(
                 "a runner name is 1 to 128 characters".into(),
@@ -287,10 +273,12 @@ impl Runners {
             token_hash: sha256_hex(&token),
             registered_at: now,
             last_seen: now,
+            profile,
+            usage: None,
         };
         self.storage.runners().insert_runner(&runner).await?;
         Ok(Registered {
-            runner: self.view(runner, &[]),
+            runner: self.view(runner, &[]).await?,
             token,
         })
     }
@@ -322,37 +310,26 @@ impl Runners {
         Ok(())
     }
 
-    pub async fn list(&self) -> Result<Vec<RunnerView>, RunnerError> {
-        let store = self.storage.runners();
-        let running = store.running_jobs().await?;
-        Ok(store
-            .runners()
-            .await?
-            .into_iter()
-            .map(|r| self.view(r, &running))
-            .collect())
-    }
-
-    pub async fn get(&self, id: &str) -> Result<RunnerView, RunnerError> {
-        let store = self.storage.runners();
-        let runner = store
-            .runner(id)
-            .await?
-            .ok_or_else(|| RunnerError::UnknownRunner(id.to_owned()))?;
-        Ok(self.view(runner, &store.running_jobs().await?))
-    }
-
     /// Marks the runner alive, renews the leases of the jobs it says it runs, and says
     /// which jobs it should stop.
     pub async fn heartbeat(
         &self,
         id: &str,
         running: &[String],
+        usage: Option<BTreeMap<String, f64>>,
     ) -> Result<HeartbeatReply, RunnerError> {
+        if let Some(values) = &usage {
+            fleet::check_usage(values)?;
+        }
+        let now = Utc::now();
+        let usage = usage.map(|values| ResourceUsage {
+            values,
+            reported_at: now,
+        });
         let renewed = self
             .storage
             .runners()
-            .heartbeat(id, Utc::now(), running, self.lease_until())
+            .heartbeat(id, now, usage.as_ref(), running, self.lease_until())
             .await?
             .ok_or_else(|| RunnerError::UnknownRunner(id.to_owned()))?;
         let stop = running

@@ -177,7 +177,7 @@ async fn a_lapsed_lease_puts_the_job_back_until_it_is_lost() {
 
     // A heartbeat renews the lease; a lapsed one requeues the job for another runner.
     runners
-        .heartbeat(&a, std::slice::from_ref(&job))
+        .heartbeat(&a, std::slice::from_ref(&job), None)
         .await
         .unwrap();
     assert!(runners.reap_expired(Utc::now()).await.unwrap().is_empty());
@@ -191,7 +191,7 @@ async fn a_lapsed_lease_puts_the_job_back_until_it_is_lost() {
     assert_eq!(again.delivery, 2);
     // The first runner, back, is told to stop the job it no longer holds.
     let reply = runners
-        .heartbeat(&a, std::slice::from_ref(&job))
+        .heartbeat(&a, std::slice::from_ref(&job), None)
         .await
         .unwrap();
     assert_eq!(reply.stop, vec![job.clone()]);
@@ -261,7 +261,7 @@ async fn cancelling_stops_a_queued_job_at_once_and_a_running_one_at_its_heartbea
     runners.claim(&r, Duration::ZERO).await.unwrap().unwrap();
     runners.settle_task_jobs("t2").await.unwrap();
     let reply = runners
-        .heartbeat(&r, std::slice::from_ref(&running))
+        .heartbeat(&r, std::slice::from_ref(&running), None)
         .await
         .unwrap();
     assert_eq!(reply.stop, vec![running.clone()]);
@@ -494,7 +494,7 @@ async fn runners_jobs_and_leases_survive_a_restart_of_the_host() {
     let view = after.get(&id).await.unwrap();
     assert_eq!(view.running_jobs, vec![leased.clone()]);
     let reply = after
-        .heartbeat(&id, std::slice::from_ref(&leased))
+        .heartbeat(&id, std::slice::from_ref(&leased), None)
         .await
         .unwrap();
     assert!(reply.stop.is_empty(), "the lease is still the runner's");

@@ -2,7 +2,7 @@
 //! backend): registrations, the claim's matching, order and capacity under concurrency,
 //! lease renewal, guarded changes, trimming, and what a restart keeps.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::Storage;
 use super::conformance::Backend;
 use super::runner_store::{JobRecord, RunnerRecord};
-use crate::model::runner::{Artifact, JobStatus, StepOutcome};
+use crate::model::runner::{Artifact, Fact, JobStatus, ResourceUsage, RunnerProfile, StepOutcome};
 
 /// Runs every runner check, each on a fresh store.
 pub(crate) async fn run_all<B: Backend>(new_backend: &mut impl FnMut() -> B) {
@@ -39,6 +39,8 @@ fn runner(id: &str, labels: &[&str], capacity: u32) -> RunnerRecord {
         token_hash: format!("hash-of-{id}"),
         registered_at: at(0),
         last_seen: at(0),
+        profile: RunnerProfile::default(),
+        usage: None,
     }
 }
 
@@ -217,7 +219,7 @@ async fn a_heartbeat_renews_only_the_leases_its_runner_holds(backend: &mut impl 
 
     let asked: Vec<String> = ["j1", "j2", "j3", "gone"].map(String::from).to_vec();
     let renewed = runners
-        .heartbeat("a", at(30), &asked, at(90))
+        .heartbeat("a", at(30), None, &asked, at(90))
         .await
         .expect("heartbeat")
         .expect("known runner");
@@ -241,7 +243,31 @@ async fn a_heartbeat_renews_only_the_leases_its_runner_holds(backend: &mut impl 
     );
     let seen = runners.runner("a").await.expect("read").expect("a");
     assert_eq!(seen.last_seen, at(30));
-    let unknown = runners.heartbeat("nobody", at(30), &asked, at(90)).await;
+    assert_eq!(seen.usage, None);
+
+    // Usage a heartbeat reports is kept until one reports it again.
+    let usage = ResourceUsage {
+        values: BTreeMap::from([
+            ("cpu_usage".to_owned(), 45.25),
+            ("memory_usage".to_owned(), 512.0),
+        ]),
+        reported_at: at(40),
+    };
+    runners
+        .heartbeat("a", at(40), Some(&usage), &[], at(100))
+        .await
+        .expect("heartbeat")
+        .expect("known runner");
+    runners
+        .heartbeat("a", at(50), None, &[], at(110))
+        .await
+        .expect("heartbeat")
+        .expect("known runner");
+    let seen = runners.runner("a").await.expect("read").expect("a");
+    assert_eq!((seen.last_seen, seen.usage), (at(50), Some(usage)));
+    let unknown = runners
+        .heartbeat("nobody", at(30), None, &asked, at(90))
+        .await;
     assert_eq!(unknown.expect("heartbeat"), None);
 }
 
@@ -367,7 +393,16 @@ async fn guarded_changes_lapses_and_trimming_keep_to_the_contract(backend: &mut 
 async fn runners_jobs_and_leases_survive_a_restart(backend: &mut impl Backend) {
     let store = backend.open().await;
     let runners = store.runners();
-    let registered = runner("r", &["linux"], 2);
+    let mut registered = runner("r", &["linux"], 2);
+    registered.profile = RunnerProfile {
+        os: Some("linux".into()),
+        architecture: Some("x64".into()),
+        capabilities: BTreeMap::from([
+            ("docker".to_owned(), Fact::Flag(true)),
+            ("max_concurrent_jobs".to_owned(), Fact::Number(5.into())),
+        ]),
+        resource_info: BTreeMap::from([("gpu".to_owned(), Fact::Text("a100".into()))]),
+    };
     runners.insert_runner(&registered).await.expect("runner");
     runners
         .insert_job(&job("j1", "t", &["linux"]))

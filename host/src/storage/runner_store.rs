@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::StorageError;
-use crate::model::runner::{Artifact, JobStatus, StepOutcome};
+use crate::model::runner::{Artifact, JobStatus, ResourceUsage, RunnerProfile, StepOutcome};
 
 /// A registered runner. Its token is kept only as a SHA-256 hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunnerRecord {
     pub id: String,
     pub name: String,
@@ -28,6 +28,11 @@ pub struct RunnerRecord {
     pub token_hash: String,
     pub registered_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    #[serde(default)]
+    pub profile: RunnerProfile,
+    /// What its last heartbeat that carried usage reported.
+    #[serde(default)]
+    pub usage: Option<ResourceUsage>,
 }
 
 /// A job for a runner. Its spec and the dispatching run's secrets are `sealed` (they may
@@ -86,12 +91,14 @@ pub trait RunnerStore: Send + Sync {
     /// Forgets a runner; `false` when there was none. Its jobs stay as they are (the registry
     /// puts them back).
     async fn remove_runner(&self, id: &str) -> Result<bool, StorageError>;
-    /// Marks the runner seen at `now` and extends to `until` the leases it holds among
-    /// `running`; `None` when the runner is unknown.
+    /// Marks the runner seen at `now` (with the resource `usage` it reported, if it did) and
+    /// extends to `until` the leases it holds among `running`; `None` when the runner is
+    /// unknown.
     async fn heartbeat(
         &self,
         id: &str,
         now: DateTime<Utc>,
+        usage: Option<&ResourceUsage>,
         running: &[String],
         until: DateTime<Utc>,
     ) -> Result<Option<Vec<Renewed>>, StorageError>;

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::StorageError;
 use super::runner_store::{JobChange, JobRecord, Renewed, RunnerRecord, RunnerStore};
 use super::sled_store::{backend, key, prefix, sled_error};
-use crate::model::runner::JobStatus;
+use crate::model::runner::{JobStatus, ResourceUsage};
 
 const RUNNER: &[u8] = b"r";
 const JOB: &[u8] = b"j";
@@ -176,6 +176,7 @@ impl RunnerStore for SledRunners {
         &self,
         id: &str,
         now: DateTime<Utc>,
+        usage: Option<&ResourceUsage>,
         running: &[String],
         until: DateTime<Utc>,
     ) -> Result<Option<Vec<Renewed>>, StorageError> {
@@ -185,6 +186,9 @@ impl RunnerStore for SledRunners {
                 return Ok(None);
             };
             runner.last_seen = now;
+            if let Some(usage) = usage {
+                runner.usage = Some(usage.clone());
+            }
             let runner = runner.clone();
             self.write(RUNNER, id, &runner)?;
             let mut renewed = Vec::new();

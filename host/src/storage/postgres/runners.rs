@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::notify::listen;
 use super::pg_error;
-use crate::model::runner::JobStatus;
+use crate::model::runner::{JobStatus, ResourceUsage};
 use crate::storage::StorageError;
 use crate::storage::runner_store::{JobChange, JobRecord, Renewed, RunnerRecord, RunnerStore};
 
@@ -60,6 +60,8 @@ fn count(n: u32) -> i32 {
 
 fn runner_from(row: &PgRow) -> Result<RunnerRecord, StorageError> {
     let capacity: i32 = row.try_get("capacity").map_err(pg_error)?;
+    let profile: serde_json::Value = row.try_get("profile").map_err(pg_error)?;
+    let usage: Option<serde_json::Value> = row.try_get("usage").map_err(pg_error)?;
     Ok(RunnerRecord {
         id: row.try_get("id").map_err(pg_error)?,
         name: row.try_get("name").map_err(pg_error)?,
@@ -69,6 +71,11 @@ fn runner_from(row: &PgRow) -> Result<RunnerRecord, StorageError> {
         token_hash: row.try_get("token_hash").map_err(pg_error)?,
         registered_at: row.try_get("registered_at").map_err(pg_error)?,
         last_seen: row.try_get("last_seen").map_err(pg_error)?,
+        profile: serde_json::from_value(profile).map_err(decode_error)?,
+        usage: usage
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(decode_error)?,
     })
 }
 
@@ -152,8 +159,8 @@ impl RunnerStore for PgRunners {
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
         sqlx::query(
             "INSERT INTO runners (id, name, labels, capacity, owner, token_hash, registered_at, \
-                 last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 last_seen, profile, usage)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&runner.id)
         .bind(&runner.name)
@@ -163,6 +170,15 @@ impl RunnerStore for PgRunners {
         .bind(&runner.token_hash)
         .bind(runner.registered_at)
         .bind(runner.last_seen)
+        .bind(serde_json::to_value(&runner.profile).map_err(decode_error)?)
+        .bind(
+            runner
+                .usage
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(decode_error)?,
+        )
         .execute(&mut *tx)
         .await
         .map_err(pg_error)?;
@@ -219,16 +235,24 @@ impl RunnerStore for PgRunners {
         &self,
         id: &str,
         now: DateTime<Utc>,
+        usage: Option<&ResourceUsage>,
         running: &[String],
         until: DateTime<Utc>,
     ) -> Result<Option<Vec<Renewed>>, StorageError> {
-        let seen = sqlx::query("UPDATE runners SET last_seen = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(pg_error)?
-            .rows_affected();
+        let usage = usage
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(decode_error)?;
+        let seen = sqlx::query(
+            "UPDATE runners SET last_seen = $2, usage = COALESCE($3, usage) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(usage)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_error)?
+        .rows_affected();
         if seen == 0 {
             return Ok(None);
         }
