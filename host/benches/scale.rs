@@ -61,6 +61,8 @@ fn task(n: usize) -> Task {
         started_at: finished.map(|_| created),
         finished_at: finished,
         updated_at: finished.unwrap_or(created),
+        title: None,
+        duration_seconds: None,
     }
 }
 

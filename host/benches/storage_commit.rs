@@ -69,6 +69,8 @@ fn task(id: String) -> Task {
         started_at: None,
         finished_at: None,
         updated_at: now,
+        title: None,
+        duration_seconds: None,
     }
 }
 

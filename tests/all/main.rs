@@ -22,4 +22,5 @@ mod runners;
 mod runtime;
 mod store_failure;
 mod streams;
+mod task_metadata;
 mod tenancy;

@@ -44,6 +44,13 @@ pub(crate) struct CreateTaskBody {
     input: Value,
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     id: Option<String>,
+    /// A name for people, shown with the task.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
+    title: Option<String>,
     #[serde(default)]
     #[schema(schema_with = schema::task_labels)]
     labels: BTreeMap<String, String>,
@@ -336,6 +343,7 @@ async fn create(
         depends_on: request.depends_on,
         reporters: request.reporters,
         executor: request.executor,
+        title: request.title,
     };
     let task = state.engine.create(principal, new).await?;
     Ok(json_reply(StatusCode::ACCEPTED, &task.to_api()))

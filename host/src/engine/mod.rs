@@ -109,6 +109,7 @@ pub struct NewTask {
     pub executor: Executor,
     /// Users besides the owner who may report on an external task.
     pub reporters: Vec<String>,
+    pub title: Option<String>,
 }
 
 /// One plugin's queue.

@@ -18,6 +18,8 @@ use crate::runtime::TaskFailure;
 const MAX_ERROR_CODE: usize = 64;
 /// Longest error message a reporter may set, in bytes.
 const MAX_ERROR_MESSAGE: usize = 4096;
+/// Longest duration a reporter may set: a year.
+const MAX_REPORTED_DURATION_S: f64 = 31_536_000.0;
 
 /// A status report for an external task.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -27,6 +29,9 @@ pub struct TaskUpdate {
     pub result: Option<Value>,
     pub error: Option<ReportedError>,
     pub progress: Option<ProgressReport>,
+    /// How long the work took, as the reporter measured it (up to a year).
+    #[schema(minimum = 0, maximum = 31536000)]
+    pub duration_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -53,6 +58,13 @@ fn refuse_finished(task: &Task) -> Result<(), EngineError> {
 
 impl TaskUpdate {
     fn check(&self) -> Result<(), EngineError> {
+        if let Some(seconds) = self.duration_seconds
+            && !(0.0..=MAX_REPORTED_DURATION_S).contains(&seconds)
+        {
+            return Err(EngineError::validation(format!(
+                "duration_seconds is between 0 and {MAX_REPORTED_DURATION_S}"
+            )));
+        }
         if let Some(error) = &self.error {
             let code_ok = (1..=MAX_ERROR_CODE).contains(&error.code.len())
                 && error
@@ -294,6 +306,9 @@ impl Engine {
                 }
                 if let Some(result) = &update.result {
                     task.result = Some(result.clone());
+                }
+                if let Some(seconds) = update.duration_seconds {
+                    task.duration_seconds = Some(seconds);
                 }
                 if let Some(error) = &update.error {
                     task.error = Some(TaskFailure::new(

@@ -137,6 +137,8 @@ impl Engine {
             started_at: None,
             finished_at: None,
             updated_at: now,
+            title: new.title,
+            duration_seconds: None,
         };
         let second = EventData::Queued {
             status: task.status,

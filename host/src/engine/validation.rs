@@ -15,6 +15,8 @@ use crate::policy;
 const MAX_LABELS: usize = 32;
 const MAX_DEPENDENCIES: usize = 100;
 const MAX_REPORTERS: usize = 16;
+/// Longest task title, in characters.
+const MAX_TITLE_CHARS: usize = 200;
 
 impl Engine {
     /// JSON pointers of the input fields the task type's schema marks `writeOnly`.
@@ -81,6 +83,18 @@ impl Engine {
             return Err(EngineError::validation(
                 "timeout_s must be between 1 and 604800",
             ));
+        }
+        if let Some(title) = &new.title
+            && (title.trim().is_empty()
+                || title.chars().count() > MAX_TITLE_CHARS
+                || title.chars().any(char::is_control))
+        {
+            return Err(EngineError::Validation {
+                message: format!(
+                    "a title is 1 to {MAX_TITLE_CHARS} characters without control characters"
+                ),
+                details: json!({"field": "title"}),
+            });
         }
         if new.depends_on.len() > MAX_DEPENDENCIES {
             return Err(EngineError::validation(format!(

@@ -309,6 +309,15 @@ pub struct Task {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(with = "timestamp")]
     pub updated_at: DateTime<Utc>,
+    // Fields added since tasks were first stored go here, at the end, and read as `None` in
+    // a task stored before them (storage::codec).
+    /// A name for people (`Refactor the parser`), up to 200 characters.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// How long the work took, in seconds: as an external reporter said, or else from
+    /// `started_at` to `finished_at` once it has finished.
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
 }
 
 impl Task {
@@ -318,6 +327,12 @@ impl Task {
         if let Some(object) = value.as_object_mut() {
             object.remove("sealed_input");
             object.remove("created_via");
+            if self.duration_seconds.is_none()
+                && let (Some(start), Some(end)) = (self.started_at, self.finished_at)
+            {
+                let seconds = (end - start).num_milliseconds().max(0) as f64 / 1000.0;
+                object.insert("duration_seconds".into(), serde_json::json!(seconds));
+            }
             if self.reporters.is_empty() {
                 object.remove("reporters");
             }

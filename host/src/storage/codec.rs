@@ -11,8 +11,18 @@ use serde::de::DeserializeOwned;
 use super::StorageError;
 use crate::model::{Event, EventData, EventKind, timestamp};
 
-/// The format byte of a compact value; JSON values start with `{`.
-const COMPACT: u8 = 1;
+/// The format byte of a compact value, counting its layout generations; JSON values start
+/// with `{`. How a stored struct grows: a new field goes at its end and must read as its zero
+/// value (`None`, empty, `false`, `0`), which postcard writes as one zero byte, and the
+/// generation goes up. A value of an earlier generation that ends early is read again with
+/// zero bytes appended, one per field it lacks (up to [`MAX_APPENDED_FIELDS`]); one of the
+/// current generation must be whole.
+///
+/// Generation 2 added `Task::title` and `Task::duration_seconds`.
+const COMPACT: u8 = 2;
+/// The first compact generation.
+const COMPACT_FIRST: u8 = 1;
+const MAX_APPENDED_FIELDS: usize = 8;
 
 fn corrupt(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(format!("corrupt entry: {e}"))
@@ -34,8 +44,26 @@ pub fn encode_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     match bytes.split_first() {
         Some((&COMPACT, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        Some((&(COMPACT_FIRST..COMPACT), rest)) => match postcard::from_bytes(rest) {
+            Err(postcard::Error::DeserializeUnexpectedEnd) => decode_older(rest),
+            read => read.map_err(corrupt),
+        },
         _ => serde_json::from_slice(bytes).map_err(corrupt),
     }
+}
+
+/// A compact value written before its struct gained fields (see [`MAX_APPENDED_FIELDS`]).
+fn decode_older<T: DeserializeOwned>(rest: &[u8]) -> Result<T, StorageError> {
+    for missing in 1..=MAX_APPENDED_FIELDS {
+        let mut padded = Vec::with_capacity(rest.len() + missing);
+        padded.extend_from_slice(rest);
+        padded.resize(rest.len() + missing, 0);
+        match postcard::from_bytes(&padded) {
+            Err(postcard::Error::DeserializeUnexpectedEnd) => continue,
+            read => return read.map_err(corrupt),
+        }
+    }
+    Err(corrupt("the value ends early"))
 }
 
 /// An event as the JSON form before typed payloads stored it.
@@ -56,7 +84,10 @@ struct JsonEvent {
 
 /// Reads an event in either form.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, StorageError> {
-    if bytes.first() == Some(&COMPACT) {
+    if bytes
+        .first()
+        .is_some_and(|b| (COMPACT_FIRST..=COMPACT).contains(b))
+    {
         return decode(bytes);
     }
     let json: JsonEvent = serde_json::from_slice(bytes).map_err(corrupt)?;
@@ -137,6 +168,39 @@ mod tests {
             "timestamp": "2025-12-02T06:00:00.123Z", "owner": "alice", "plugin": "testkit",
         });
         assert!(decode_event(&serde_json::to_vec(&unknown).expect("json")).is_err());
+    }
+
+    #[test]
+    fn a_task_written_before_its_newest_fields_reads_them_as_none() {
+        let task: Task = serde_json::from_value(json!({
+            "id": "t-1", "plugin": "testkit", "type": "echo", "status": "queued",
+            "input": {}, "labels": {}, "priority": 0, "owner": "bob",
+            "progress": {"processed": null, "total": null, "percentage": null,
+                         "current_step": null, "message": null, "metrics": {}},
+            "attempt": 0, "max_attempts": 3, "timeout_s": 60,
+            "created_at": "2026-12-02T06:00:00.000Z", "updated_at": "2026-12-02T06:00:00.000Z",
+        }))
+        .expect("a task");
+        assert_eq!((&task.title, task.duration_seconds), (&None, None));
+        let current = encode(&task).expect("compact");
+        assert_eq!(current[0], COMPACT);
+        // Generation 1, before `title` and `duration_seconds`: the same fields, without
+        // their two `None`s.
+        let mut older = current[..current.len() - 2].to_vec();
+        older[0] = COMPACT_FIRST;
+        assert_eq!(decode::<Task>(&older).expect("generation 1 reads"), task);
+        assert!(
+            decode::<Task>(&current[..current.len() - 2]).is_err(),
+            "a value of the current generation must be whole"
+        );
+
+        let mut titled = task;
+        titled.title = Some("Refactor the parser".into());
+        titled.duration_seconds = Some(12.5);
+        assert_eq!(
+            decode::<Task>(&encode(&titled).expect("compact")).expect("reads"),
+            titled
+        );
     }
 
     #[test]

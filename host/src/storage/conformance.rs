@@ -71,6 +71,8 @@ pub fn task(id: &str, plugin: &str, owner: &str, status: TaskStatus, created_ms:
         started_at: None,
         finished_at: None,
         updated_at: at(created_ms),
+        title: None,
+        duration_seconds: None,
     }
 }
 
