@@ -463,3 +463,96 @@ async fn the_fleet_shows_state_profile_and_usage_filters_by_status_and_labels_an
         assert_error(status, &body, 400, "VALIDATION_ERROR");
     }
 }
+
+#[tokio::test]
+async fn a_jobs_log_reads_as_its_last_lines_in_json_or_text_and_follows_on_from_them() {
+    let server = TestServer::builder().start().await;
+    let runner = HttpRunner::register(&server, "logger", &["linux"]).await;
+    let api = server.api();
+    let task = api.create(delegate(&["linux"], &["make"])).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let lease = runner.claim(10_000).await.expect("the job");
+    let job = lease["job_id"].as_str().unwrap().to_owned();
+    let lines: Vec<Value> = (1..=30)
+        .map(|n| json!({"line": format!("line {n:03}")}))
+        .collect();
+    let (status, body) = runner.report(&job, "logs", json!({"lines": lines})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    let messages = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, all) = api
+        .get(&format!("/api/v1/tasks/{id}/logs?limit=1000"))
+        .await;
+    let all = messages(&all);
+    assert!(all.len() >= 30, "{all:?}");
+    let (status, tail) = api.get(&format!("/api/v1/tasks/{id}/logs?lines=5")).await;
+    assert_eq!(status, StatusCode::OK, "{tail}");
+    assert_eq!(messages(&tail), all[all.len() - 5..]);
+    assert!(messages(&tail).contains(&"line 030".to_owned()));
+
+    let response = server
+        .client
+        .get(server.url(&format!("/api/v1/tasks/{id}/logs?lines=3&format=text")))
+        .send()
+        .await
+        .expect("sent");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.expect("text");
+    let text_lines: Vec<&str> = text.lines().collect();
+    assert_eq!(text_lines.len(), 3, "{text}");
+    for (line, message) in text_lines.iter().zip(&all[all.len() - 3..]) {
+        assert!(line.ends_with(&format!(" INFO {message}")), "{line}");
+    }
+
+    for bad in [
+        "lines=0",
+        "lines=10001",
+        "lines=5&since=3",
+        "format=xml",
+        "follow=true&format=text",
+    ] {
+        let (status, body) = api.get(&format!("/api/v1/tasks/{id}/logs?{bad}")).await;
+        assert_error(status, &body, 400, "VALIDATION_ERROR");
+    }
+
+    // Following from a tail: those lines, then what comes until the task ends.
+    let follow = server
+        .client
+        .get(server.url(&format!("/api/v1/tasks/{id}/logs?lines=5&follow=true")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(follow.status(), StatusCode::OK);
+    let (status, body) = runner
+        .report(&job, "logs", json!({"lines": [{"line": "after the tail"}]}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, state) = runner
+        .report(&job, "finish", json!({"status": "succeeded"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    let streamed = tokio::time::timeout(Duration::from_secs(20), follow.text())
+        .await
+        .expect("the stream ends with the task")
+        .expect("body");
+    for message in &all[all.len() - 5..] {
+        assert!(streamed.contains(message.as_str()), "{message}: {streamed}");
+    }
+    assert!(
+        !streamed.contains(all[all.len() - 6].as_str()),
+        "nothing before the tail: {streamed}"
+    );
+    assert!(streamed.contains("after the tail"), "{streamed}");
+}

@@ -207,7 +207,7 @@ pub const ROUTES: &[Route] = &[
     route(
         "get",
         "/api/v1/tasks/{id}/logs",
-        "A task's log lines (since, limit; follow=true streams server-sent events)",
+        "A task's log lines (since, limit; lines=N: the last N; format=text: plain text; follow=true streams server-sent events, after the tail when lines is given)",
         200,
         None,
         "LogPage",

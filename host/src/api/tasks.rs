@@ -18,7 +18,7 @@ use super::{
 };
 use crate::auth::Principal;
 use crate::engine::{NewTask, ProgressReport, TaskUpdate};
-use crate::model::{Executor, TaskStatus};
+use crate::model::{Executor, LogEntry, TaskStatus};
 use crate::policy;
 use crate::schema;
 use crate::storage::{SortField, TaskQuery};
@@ -452,8 +452,38 @@ async fn logs(
     id: &str,
     raw: &str,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw, &["since", "limit", "follow"], false)?;
+    let query = Query::parse(raw, &["since", "limit", "follow", "lines", "format"], false)?;
     let limit = query.u64_in("limit", 1, 1000, 100)? as usize;
+    let as_text = match query.get("format") {
+        None | Some("json") => false,
+        Some("text") => true,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "format is json or text, not {other:?}"
+            )));
+        }
+    };
+    let follow = query.bool("follow")?;
+    if follow && as_text {
+        return Err(ApiError::validation(
+            "a followed log is a stream of JSON events; format=text reads what is there",
+        ));
+    }
+    if query.get("lines").is_some() {
+        if query.get("since").is_some() {
+            return Err(ApiError::validation(
+                "lines reads the last lines; since reads from a point: give one of them",
+            ));
+        }
+        let lines = query.u64_in("lines", 1, MAX_TAIL_LINES, 100)? as usize;
+        let (_, tail) = state.engine.log_tail(principal, id, lines).await?;
+        if follow {
+            // The tail, then what comes after it.
+            let after_seq = tail.first().map_or(0, |e| e.seq.saturating_sub(1));
+            return follow::follow_logs(principal, credentials, state, id, after_seq, None).await;
+        }
+        return Ok(log_reply(tail, as_text, LogPageMeta { limit: lines }));
+    }
     // `since` is a log seq, or a timestamp.
     let (after_seq, since_time) = match query.get("since") {
         None => (0, None),
@@ -462,23 +492,48 @@ async fn logs(
             Err(_) => (0, query.timestamp("since")?),
         },
     };
-    if query.bool("follow")? {
+    if follow {
         return follow::follow_logs(principal, credentials, state, id, after_seq, since_time).await;
     }
     let (_, entries) = state
         .engine
         .logs(principal, id, after_seq, usize::MAX)
         .await?;
-    let entries: Vec<Value> = entries
+    let entries = entries
         .into_iter()
         .filter(|e| since_time.is_none_or(|t| e.timestamp > t))
         .take(limit)
-        .map(|e| serde_json::to_value(e).unwrap_or_default())
         .collect();
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({"data": entries, "meta": LogPageMeta { limit }}),
-    ))
+    Ok(log_reply(entries, as_text, LogPageMeta { limit }))
+}
+
+/// Most lines a tail (`lines=`) returns.
+const MAX_TAIL_LINES: u64 = 10_000;
+
+/// Log lines as a JSON page, or as plain text: `<timestamp> <LEVEL> <message>`, one a line.
+fn log_reply(entries: Vec<LogEntry>, as_text: bool, meta: LogPageMeta) -> Response {
+    if !as_text {
+        let data: Vec<Value> = entries
+            .into_iter()
+            .map(|e| serde_json::to_value(e).unwrap_or_default())
+            .collect();
+        return json_reply(StatusCode::OK, &json!({"data": data, "meta": meta}));
+    }
+    let mut text = String::new();
+    for entry in &entries {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            crate::model::timestamp::format(&entry.timestamp),
+            entry.level.to_uppercase(),
+            entry.message
+        ));
+    }
+    let mut response = Response::new(text.into());
+    response.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 async fn records(

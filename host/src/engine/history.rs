@@ -50,6 +50,19 @@ impl Engine {
         Ok((task, logs))
     }
 
+    /// The last `lines` log lines of a task `principal` may read, oldest first.
+    pub async fn log_tail(
+        &self,
+        principal: &Principal,
+        id: &str,
+        lines: usize,
+    ) -> Result<(Task, Vec<LogEntry>), EngineError> {
+        self.inner.storage.sync().await?;
+        let task = self.load(principal, id).await?;
+        let tail = self.inner.storage.log_tail(id, lines).await?;
+        Ok((task, tail))
+    }
+
     pub async fn records(
         &self,
         principal: &Principal,

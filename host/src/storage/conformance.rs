@@ -507,6 +507,35 @@ async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
         ["one", "two"]
     );
     assert_eq!(store.logs("x", first.seq, 10).await.expect("logs").len(), 1);
+
+    // A tail is the newest lines of that task alone, oldest first.
+    let neighbour = task("x2", "p", "alice", TaskStatus::Running, 1);
+    store
+        .create_task(&neighbour, &created())
+        .await
+        .expect("created");
+    store.append_log(&t, "info", "three").await.expect("log");
+    store
+        .append_log(&neighbour, "info", "not x's")
+        .await
+        .expect("log");
+    store.sync().await.expect("durable");
+    let tail = |lines| {
+        let store = store.clone();
+        async move {
+            store
+                .log_tail("x", lines)
+                .await
+                .expect("tail")
+                .into_iter()
+                .map(|l| l.message)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(tail(2).await, ["two", "three"]);
+    assert_eq!(tail(10).await, ["one", "two", "three"]);
+    assert!(tail(0).await.is_empty());
+    assert!(store.log_tail("nobody", 5).await.expect("tail").is_empty());
     let (page, total) = store
         .records("x", Some("pages"), 2, 1)
         .await

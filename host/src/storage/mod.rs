@@ -311,6 +311,9 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<LogEntry>, StorageError>;
 
+    /// The last `lines` log lines of a task, oldest first.
+    async fn log_tail(&self, task_id: &str, lines: usize) -> Result<Vec<LogEntry>, StorageError>;
+
     async fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError>;
 
     /// A page of a task's records (of one collection or all) and the total.

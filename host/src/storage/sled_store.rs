@@ -678,6 +678,25 @@ impl Storage for SledStorage {
             .collect()
     }
 
+    async fn log_tail(&self, task_id: &str, lines: usize) -> Result<Vec<LogEntry>, StorageError> {
+        let visible = self.log.visible_seq();
+        let end = key(&[
+            b"l",
+            task_id.as_bytes(),
+            &visible.saturating_add(1).to_be_bytes(),
+        ]);
+        let mut tail = self
+            .main
+            .range(prefix(&[b"l", task_id.as_bytes()])..end)
+            .values()
+            .rev()
+            .take(lines)
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect::<Result<Vec<LogEntry>, StorageError>>()?;
+        tail.reverse();
+        Ok(tail)
+    }
+
     async fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError> {
         self.written(self.main.insert(
             key(&[

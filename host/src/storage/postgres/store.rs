@@ -277,6 +277,19 @@ impl Storage for PgStorage {
         bodies.iter().map(|body| decode(body)).collect()
     }
 
+    async fn log_tail(&self, task_id: &str, lines: usize) -> Result<Vec<LogEntry>, StorageError> {
+        let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT body FROM (SELECT seq, body FROM task_logs WHERE task_id = $1 \
+                 ORDER BY seq DESC LIMIT $2) AS tail ORDER BY seq",
+        )
+        .bind(task_id)
+        .bind(to_i64(lines as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        bodies.iter().map(|body| decode(body)).collect()
+    }
+
     async fn put_record(&self, task_id: &str, record: &Record) -> Result<(), StorageError> {
         sqlx::query(
             "INSERT INTO records (task_id, collection, key, body) VALUES ($1, $2, $3, $4) \
