@@ -114,6 +114,12 @@ const EXPECTED: &[(&str, &str, &str, [&str; 6])] = &[
         ["401", "404", "404", "404", "401", "ok"],
     ),
     (
+        "post",
+        "/api/v1/tasks/{id}/errors",
+        r#"{"error_type":"E","message":"m"}"#,
+        ["401", "404", "404", "404", "401", "ok"],
+    ),
+    (
         "get",
         "/api/v1/tasks/{id}/progress",
         "",

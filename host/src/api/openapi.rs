@@ -22,7 +22,7 @@ use super::runners::Registration;
 use super::tasks::{CreateTaskBody, EventPageMeta, LogPageMeta, MessageBody};
 use crate::auth::ApiKeyRequest;
 use crate::engine::Stats;
-use crate::engine::{ProgressReport, QueueInfo, TaskUpdate};
+use crate::engine::{ErrorReport, ProgressReport, QueueInfo, TaskUpdate};
 use crate::model::{EventKind, LogEntry, Record, Task};
 use crate::runners::{CurrentJob, FleetSummary, RunnerList, RunnerState, RunnerView};
 
@@ -219,6 +219,14 @@ pub const ROUTES: &[Route] = &[
         200,
         None,
         "RecordPage",
+    ),
+    route(
+        "post",
+        "/api/v1/tasks/{id}/errors",
+        "Record a non-fatal error on an external task (error_type, message, stack_trace kept to its last 10 KB, metadata); read them with records?collection=errors",
+        201,
+        Some("ErrorRecordBody"),
+        "Record",
     ),
     route(
         "post",
@@ -498,7 +506,7 @@ struct QueueList {
     components(schemas(
         Task, TaskPage, CreateTaskBody, TaskUpdate, ProgressReport, MessageBody, Event, EventPage,
         LogPage, RecordPage, QueueInfo, QueueList, Stats, LoginBody, NewUserBody, RoleChange,
-        ApiKeyRequest, Registration, RunnerView, RunnerList, FleetSummary, CurrentJob,
+        ApiKeyRequest, Registration, ErrorReport, Record, RunnerView, RunnerList, FleetSummary, CurrentJob,
         RunnerState, ErrorBody
     )),
     modifiers(&Operations),

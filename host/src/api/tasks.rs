@@ -17,7 +17,7 @@ use super::{
     parse_json, raw_query, respond,
 };
 use crate::auth::Principal;
-use crate::engine::{NewTask, ProgressReport, TaskUpdate};
+use crate::engine::{ErrorReport, NewTask, ProgressReport, TaskUpdate};
 use crate::model::{Executor, LogEntry, TaskStatus};
 use crate::policy;
 use crate::schema;
@@ -265,6 +265,23 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 respond(records(&p, &s, &id, &q).await)
             },
         );
+    let error_record = task("errors")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(body(limit))
+        .then(
+            |id: String, p: Principal, s: AppState, b: Bytes| async move {
+                respond(
+                    async {
+                        let report: ErrorReport = parse_json(&b)?;
+                        let record = s.engine.record_error(&p, &id, report).await?;
+                        Ok(json_reply(StatusCode::CREATED, &json!(record)))
+                    }
+                    .await,
+                )
+            },
+        );
     let message = task("messages")
         .and(warp::post())
         .and(auth.clone())
@@ -294,6 +311,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(cancel)
         .unify()
         .or(update)
+        .unify()
+        .or(error_record)
         .unify()
         .or(control("pause"))
         .unify()

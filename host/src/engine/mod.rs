@@ -7,6 +7,7 @@
 //! its event, which carries a host-wide `seq`.
 
 mod error;
+mod error_records;
 mod feed;
 mod history;
 mod plugins;
@@ -35,6 +36,7 @@ use tokio::sync::{Notify, broadcast};
 use tracing::warn;
 
 pub use error::EngineError;
+pub use error_records::{ERRORS_COLLECTION, ErrorReport, MAX_STACK_TRACE};
 pub use feed::EventFeed;
 pub use progress::ProgressReport;
 pub use reports::{ReportedError, TaskUpdate};

@@ -191,7 +191,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn load_external(&self, principal: &Principal, id: &str) -> Result<Task, EngineError> {
+    pub(super) async fn load_external(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<Task, EngineError> {
         let task = self
             .inner
             .storage
