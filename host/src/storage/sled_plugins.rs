@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::StorageError;
 use super::plugin_store::{PluginHead, PluginRecord, PluginState, PluginStore, PutOutcome};
-use super::sled_store::{backend, key, prefix, read_u64, sled_error};
+use super::sled_store::{backend, flush_tree, key, prefix, read_u64, sled_error};
 
 const HEAD: &[u8] = b"h";
 const COMPONENT: &[u8] = b"c";
@@ -110,7 +110,7 @@ impl PluginStore for SledPlugins {
     ) -> Result<PutOutcome, StorageError> {
         let outcome = self.write(name, digest, state, changed_by, expected)?;
         if matches!(outcome, PutOutcome::Stored(_)) {
-            self.tree.flush_async().await.map_err(sled_error)?;
+            flush_tree(&self.tree).await?;
             self.changes.notify_waiters();
         }
         Ok(outcome)

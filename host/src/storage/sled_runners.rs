@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::StorageError;
 use super::runner_store::{JobChange, JobRecord, Renewed, RunnerRecord, RunnerStore};
-use super::sled_store::{backend, key, prefix, sled_error};
+use super::sled_store::{backend, flush_tree, key, prefix, sled_error};
 use crate::model::runner::{JobStatus, ResourceUsage};
 
 const RUNNER: &[u8] = b"r";
@@ -108,7 +108,7 @@ impl SledRunners {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
-        self.tree.flush_async().await.map_err(sled_error)?;
+        flush_tree(&self.tree).await?;
         Ok(())
     }
 

@@ -86,6 +86,17 @@ pub(super) fn sled_error(e: sled::Error) -> StorageError {
     }
 }
 
+/// Flushes `tree` to disk off the async workers. Not `Tree::flush_async`: in sled 0.34 it
+/// deadlocks when several callers await it at once (spacejam/sled#1308).
+pub(super) async fn flush_tree(tree: &sled::Tree) -> Result<(), StorageError> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(backend)?
+        .map_err(sled_error)?;
+    Ok(())
+}
+
 pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for (i, part) in parts.iter().enumerate() {
