@@ -113,7 +113,11 @@ pub async fn start(mut config: Config) -> Result<AppState, StartError> {
     // What was installed, replaced or unloaded over the API, through any host, wins.
     registry.sync().await?;
     let secrets = Arc::new(SecretBox::open(&config.data_dir)?);
-    let auth = Auth::open(&config.auth, &config.data_dir, storage.clone()).await?;
+    let imported = config
+        .compat
+        .imported_keys(&|var| std::env::var(var).ok())
+        .map_err(AuthError::Setup)?;
+    let auth = Auth::open(&config.auth, &config.data_dir, storage.clone(), imported).await?;
     let runners = Runners::new(config.runners.clone(), storage.clone(), secrets.clone());
     runners.spawn_reaper();
     let engine = Engine::start(
@@ -193,6 +197,18 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Binds the listeners of the façades that have their own (`[compat.*] listen`), by section.
+pub async fn bind_facades(config: &Config) -> std::io::Result<Vec<(&'static str, TcpListener)>> {
+    let mut bound = Vec::new();
+    for (section, addr) in config.compat.own_listeners() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{section}.listen {addr}: {e}")))?;
+        bound.push((section, listener));
+    }
+    Ok(bound)
+}
+
 /// Serves until `shutdown` resolves, then stops taking requests and work, puts running tasks
 /// back (after letting them reach a checkpoint) and flushes storage.
 pub async fn run(
@@ -200,6 +216,40 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    run_all(state, listener, Vec::new(), shutdown).await
+}
+
+/// [`run`], with the façades' own listeners (from [`bind_facades`]) served beside the main one
+/// and drained with it.
+pub async fn run_all(
+    state: AppState,
+    listener: TcpListener,
+    facades: Vec<(&'static str, TcpListener)>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut facade_servers = Vec::new();
+    for (section, facade_listener) in facades {
+        let Some(routes) = crate::compat::routes_of(&state, section) else {
+            continue;
+        };
+        if let Ok(addr) = facade_listener.local_addr() {
+            info!(facade = section, "listening on http://{addr}");
+        }
+        let mut stopped = stopped.clone();
+        facade_servers.push(tokio::spawn(api::serve_routes(
+            facade_listener,
+            state.clone(),
+            api::with_errors(routes),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        )));
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     // Waiting runner claims end with the signal, so that their connections do not hold up
     // the drain.
     let runners = state.engine.runners().clone();
@@ -208,6 +258,9 @@ pub async fn run(
         runners.close();
     };
     api::serve(listener, state.clone(), shutdown).await;
+    for server in facade_servers {
+        let _ = server.await;
+    }
     state.ready.store(false, Ordering::Release);
     // Stream subscribers hear why before their connections close (1001, resume later).
     state

@@ -62,6 +62,11 @@
 //! max_deliveries = 3                 # deliveries of one job before it is lost
 //! max_claim_wait_ms = 30000          # longest long-poll of a claim
 //!
+//! [compat.agent_tracker]             # the agent task tracker's API; see crate::compat
+//! enabled = false
+//! # listen = "0.0.0.0:8000"          # its own port; else on the main listener
+//! # api_keys = [{ key_env = "API_KEY", user = "tracker", role = "user" }]
+//!
 //! [plugins.testkit]                  # grants for a bundled or plugins-dir plugin, as in a .toml
 //! limits = { memory_mb = 64 }
 //! ```
@@ -74,6 +79,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ratelimit::RateLimitConfig;
 use crate::auth::AuthConfig;
+use crate::compat::CompatConfig;
 use crate::engine::{EngineConfig, RetentionConfig};
 use crate::runners::RunnerConfig;
 use crate::runtime::{Grants, RuntimeConfig};
@@ -103,6 +109,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub streams: StreamConfig,
     pub runners: RunnerConfig,
+    /// Compatibility façades of the systems taskhost replaces.
+    pub compat: CompatConfig,
     /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
     /// without a `.toml` of their own.
     pub plugins: BTreeMap<String, Grants>,
@@ -126,6 +134,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             streams: StreamConfig::default(),
             runners: RunnerConfig::default(),
+            compat: CompatConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -251,6 +260,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "engine: lease_s must be at least 2, claim_poll_ms between 10 and 60000".into(),
             ));
+        }
+        // Keys from the environment are only read at start; their form is checked here.
+        self.compat
+            .imported_keys(&|_| Some("set-at-start".into()))
+            .map_err(ConfigError::Invalid)?;
+        let mut addresses = vec![self.listen];
+        for (section, addr) in self.compat.own_listeners() {
+            if addresses.contains(&addr) && addr.port() != 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{section}.listen {addr} is already taken by another listener"
+                )));
+            }
+            addresses.push(addr);
         }
         if self.max_body_bytes < 1024 || self.max_plugin_bytes < 1024 {
             return Err(ConfigError::Invalid(

@@ -12,6 +12,7 @@
 //! - [`engine`]: scheduling and running tasks; every operation authorised by a [`auth::Principal`].
 //! - [`runners`]: registered runners and the jobs leased to them.
 //! - [`schema`]: JSON Schema pieces of the derived OpenAPI document.
+//! - [`compat`]: the APIs of the systems taskhost replaces, as façades onto the engine.
 
 #![cfg_attr(not(test), forbid(clippy::unwrap_used))]
 #![recursion_limit = "256"]
@@ -21,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bundled;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod membership;

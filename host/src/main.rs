@@ -125,6 +125,13 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let facades = match taskhost::app::bind_facades(&config).await {
+        Ok(facades) => facades,
+        Err(e) => {
+            error!("cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let state = match taskhost::app::start(config).await {
         Ok(state) => state,
         Err(e) => {
@@ -142,7 +149,7 @@ async fn serve() -> ExitCode {
         }
     }
     let mut store_failures = state.engine.store_failures();
-    let serving = taskhost::app::run(state, listener, async {
+    let serving = taskhost::app::run_all(state, listener, facades, async {
         stop_signal.await;
         info!("shutting down");
     });

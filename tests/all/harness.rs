@@ -2,6 +2,7 @@
 //! directory and gives tests an HTTP client bound to it. [`TestServer`] runs the host in the
 //! test process; [`HostProcess`] runs the `taskhost` binary (for crash tests).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,8 @@ pub struct TestServer {
     _stop: oneshot::Sender<()>,
     config: Config,
     served: tokio::task::JoinHandle<()>,
+    /// The façades' own listeners (`[compat.*] listen`), by config section.
+    pub facades: BTreeMap<&'static str, SocketAddr>,
 }
 
 impl TestServer {
@@ -117,13 +120,31 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
+        let mut config = config;
+        let facade_listeners = taskhost::app::bind_facades(&config)
+            .await
+            .expect("façades bind");
+        let mut facades = BTreeMap::new();
+        for (section, facade) in &facade_listeners {
+            let bound = facade.local_addr().expect("façade address");
+            facades.insert(*section, bound);
+            // A restart takes the same port, as the façade's clients have it.
+            if *section == "compat.agent_tracker" {
+                config.compat.agent_tracker.listen = Some(bound);
+            }
+        }
         let state = taskhost::app::start(config.clone())
             .await
             .expect("host starts");
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let served = tokio::spawn(taskhost::app::run(state, listener, async {
-            let _ = stop_rx.await;
-        }));
+        let served = tokio::spawn(taskhost::app::run_all(
+            state,
+            listener,
+            facade_listeners,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         let token = login(&format!("http://{addr}"), "admin", ADMIN_PASSWORD).await;
         Self {
             addr,
@@ -133,6 +154,7 @@ impl TestServer {
             _stop: stop,
             config,
             served,
+            facades,
         }
     }
 

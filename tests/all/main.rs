@@ -1,6 +1,7 @@
 //! All integration tests, in one binary: the runtime with real components, the HTTP API of a
 //! real server, and crash recovery of the real binary.
 
+mod agent_stats;
 mod analysis;
 mod api;
 mod auth;
@@ -9,6 +10,7 @@ mod cache;
 mod cluster;
 mod cluster_plugins;
 mod cluster_runners;
+mod compat_agent_tracker;
 mod contract;
 mod crash;
 mod gitlab;

@@ -295,6 +295,18 @@ const EXPECTED: &[(&str, &str, &str, [&str; 6])] = &[
     ),
     (
         "get",
+        "/api/v1/projects",
+        "",
+        ["401", "ok", "ok", "ok", "401", "ok"],
+    ),
+    (
+        "get",
+        "/api/v1/streams",
+        "",
+        ["401", "ok", "ok", "ok", "401", "ok"],
+    ),
+    (
+        "get",
         "/api/v1/openapi.json",
         "",
         ["401", "ok", "ok", "ok", "401", "ok"],

@@ -14,6 +14,7 @@ mod server;
 mod system;
 mod tasks;
 mod ws;
+pub use ws::{Dialect, open_dialect};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 pub use error::ApiError;
-pub use server::serve;
+pub use server::{serve, serve_routes};
 
 use crate::auth::{Auth, AuthError, Principal};
 use crate::config::Config;
@@ -345,6 +346,26 @@ impl Query {
             .collect()
     }
 
+    /// A comma-separated list of `label.<key>`, as the label keys.
+    pub fn label_keys(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let Some(text) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        text.split(',')
+            .map(|item| {
+                item.trim()
+                    .strip_prefix("label.")
+                    .filter(|key| !key.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ApiError::validation(format!(
+                            "{name} takes label.<key> items separated by commas, not {item:?}"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
     pub fn u64_in(&self, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
         match self.get(name) {
             None => Ok(default),
@@ -355,6 +376,18 @@ impl Query {
                 .ok_or_else(|| {
                     ApiError::validation(format!("{name} must be an integer from {min} to {max}"))
                 }),
+        }
+    }
+
+    /// `order=asc|desc`, as whether ascending; `ascending` without it.
+    pub fn order(&self, ascending: bool) -> Result<bool, ApiError> {
+        match self.get("order") {
+            None => Ok(ascending),
+            Some("asc") => Ok(true),
+            Some("desc") => Ok(false),
+            Some(other) => Err(ApiError::validation(format!(
+                "order must be asc or desc, not {other:?}"
+            ))),
         }
     }
 
@@ -415,6 +448,12 @@ pub fn page(
     serde_json::json!({"data": data, "meta": meta})
 }
 
+/// `routes` answering what they do not match in the API's error format (a façade's own
+/// listener).
+pub fn with_errors(routes: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+    routes.recover(error::handle_rejection).unify().boxed()
+}
+
 /// Every route of the host.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = warp::path("api").and(warp::path("v1"));
@@ -429,10 +468,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(system::api_routes(state.clone()))
         .unify();
-    api.and(api_routes)
-        .or(system::root_routes(state))
-        .unify()
-        .recover(error::handle_rejection)
-        .unify()
-        .boxed()
+    let host = api
+        .and(api_routes)
+        .or(system::root_routes(state.clone()))
+        .unify();
+    // Façades without a listener of their own answer at their seeds' paths beside the API.
+    let host = match crate::compat::mounted_routes(&state) {
+        Some(facades) => host.or(facades).unify().boxed(),
+        None => host.boxed(),
+    };
+    host.recover(error::handle_rejection).unify().boxed()
 }

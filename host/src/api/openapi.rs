@@ -21,10 +21,11 @@ use super::error::ErrorBody;
 use super::runners::Registration;
 use super::tasks::{CreateTaskBody, EventPageMeta, LogPageMeta, MessageBody};
 use crate::auth::ApiKeyRequest;
-use crate::engine::Stats;
 use crate::engine::{ErrorReport, ProgressReport, QueueInfo, TaskUpdate};
+use crate::engine::{Project, Stats};
 use crate::model::{EventKind, LogEntry, Record, Task};
 use crate::runners::{CurrentJob, FleetSummary, RunnerList, RunnerState, RunnerView};
+use crate::streams::StreamStats;
 
 /// One route: method, path, summary, success status, request and response schema names.
 pub struct Route {
@@ -415,10 +416,26 @@ pub const ROUTES: &[Route] = &[
     route(
         "get",
         "/api/v1/stats",
-        "Task statistics (label.<key>, created_after, created_before)",
+        "Task statistics (label.<key>, created_after, created_before, group_by=label.<key>,…)",
         200,
         None,
-        "Object",
+        "Stats",
+    ),
+    route(
+        "get",
+        "/api/v1/projects",
+        "Projects: values of the project label with task counts (sort, order, limit, offset)",
+        200,
+        None,
+        "ProjectList",
+    ),
+    route(
+        "get",
+        "/api/v1/streams",
+        "WebSocket connections: open, per project label and principal, frames sent and received",
+        200,
+        None,
+        "StreamStats",
     ),
     route(
         "get",
@@ -493,6 +510,13 @@ struct LogPage {
 
 #[allow(dead_code)]
 #[derive(ToSchema)]
+struct ProjectList {
+    data: Vec<Project>,
+    meta: PageMeta,
+}
+
+#[allow(dead_code)]
+#[derive(ToSchema)]
 struct QueueList {
     data: Vec<QueueInfo>,
 }
@@ -507,7 +531,7 @@ struct QueueList {
         Task, TaskPage, CreateTaskBody, TaskUpdate, ProgressReport, MessageBody, Event, EventPage,
         LogPage, RecordPage, QueueInfo, QueueList, Stats, LoginBody, NewUserBody, RoleChange,
         ApiKeyRequest, Registration, ErrorReport, Record, RunnerView, RunnerList, FleetSummary, CurrentJob,
-        RunnerState, ErrorBody
+        RunnerState, ErrorBody, ProjectList, StreamStats
     )),
     modifiers(&Operations),
     security(("bearer" = []), ("apiKey" = []))

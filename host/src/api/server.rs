@@ -77,10 +77,25 @@ fn request_id(headers: &warp::http::HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
+/// Health probes and metrics: left out of the per-IP limit, for load balancers and Prometheus.
+fn is_probe(path: &str) -> bool {
+    path == "/health" || path.starts_with("/health/") || path == "/metrics"
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting and lets
 /// requests in flight finish (for up to 10 s).
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
-    let service = warp::service(routes(state.clone()));
+    serve_routes(listener, state.clone(), routes(state), shutdown).await
+}
+
+/// Serves `routes` (a façade's own listener, or the whole API) as [`serve`] does.
+pub async fn serve_routes(
+    listener: TcpListener,
+    state: AppState,
+    routes: warp::filters::BoxedFilter<(Response,)>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = warp::service(routes);
     let http = &state.config.http;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper has no timeouts: a client sending half a request line would hold
@@ -147,7 +162,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
                         .headers()
                         .contains_key("access-control-request-method");
                 async move {
-                    let is_api = info.path.starts_with("/api/v1/");
+                    let is_api = !is_probe(&info.path);
                     let allowed_origin = origin.filter(|o| state.config.cors.allows(o));
                     let mut response = request::scope(info.clone(), async {
                         if preflight && allowed_origin.is_some() {

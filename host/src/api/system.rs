@@ -1,4 +1,4 @@
-//! Health, metrics, queues, stats and the OpenAPI document.
+//! Health, metrics, queues, stats, projects, stream figures and the OpenAPI document.
 
 use std::sync::atomic::Ordering;
 
@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Query, authenticated, json_reply, raw_query, respond};
 use crate::auth::Principal;
-use crate::engine::{EngineError, StatsQuery};
+use crate::engine::{EngineError, MAX_RECENT, ProjectQuery, ProjectSort, StatsQuery};
 use crate::model::TaskStatus;
 
 /// Routes outside `/api/v1`: health probes and metrics, for load balancers and Prometheus.
@@ -132,15 +132,28 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(|p: Principal, s: AppState, q: String| async move {
             respond(
                 async {
-                    let query = Query::parse(&q, &["created_after", "created_before"], true)?;
+                    let query = Query::parse(
+                        &q,
+                        &[
+                            "plugin",
+                            "created_after",
+                            "created_before",
+                            "group_by",
+                            "recent",
+                        ],
+                        true,
+                    )?;
                     let stats = s
                         .engine
                         .stats(
                             &p,
                             StatsQuery {
+                                plugin: query.get("plugin").map(str::to_owned),
                                 labels: query.labels(),
                                 created_after: query.timestamp("created_after")?,
                                 created_before: query.timestamp("created_before")?,
+                                group_by: query.label_keys("group_by")?,
+                                recent: query.u64_in("recent", 0, MAX_RECENT as u64, 0)? as usize,
                             },
                         )
                         .await?;
@@ -148,6 +161,54 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
                 }
                 .await,
             )
+        });
+    let projects = warp::path!("projects")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(raw_query())
+        .then(|p: Principal, s: AppState, q: String| async move {
+            respond(
+                async {
+                    let query =
+                        Query::parse(&q, &["plugin", "sort", "order", "limit", "offset"], false)?;
+                    let sort = match query.get("sort") {
+                        None => ProjectSort::default(),
+                        Some(text) => ProjectSort::parse(text).ok_or_else(|| {
+                            ApiError::validation(format!(
+                                "sort must be one of {:?}",
+                                ProjectSort::NAMES
+                            ))
+                        })?,
+                    };
+                    let projects = ProjectQuery {
+                        plugin: query.get("plugin").map(str::to_owned),
+                        sort,
+                        // Names read A to Z; times and counts, latest and largest first.
+                        ascending: query.order(sort == ProjectSort::Name)?,
+                        limit: query.limit()?,
+                        offset: query.offset()?,
+                    };
+                    let (page, total) = s.engine.projects(&p, &projects).await?;
+                    let data = page.iter().map(|project| json!(project)).collect();
+                    Ok(json_reply(
+                        StatusCode::OK,
+                        &super::page(data, total, projects.limit, projects.offset),
+                    ))
+                }
+                .await,
+            )
+        });
+    let streams = warp::path!("streams")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(raw_query())
+        .then(|p: Principal, s: AppState, q: String| async move {
+            respond(Query::parse(&q, &[], false).map(|_| {
+                let host_wide = crate::policy::may_see_host_figures(&p);
+                json_reply(StatusCode::OK, &json!(s.streams.stats(&p, host_wide)))
+            }))
         });
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
@@ -163,6 +224,10 @@ pub fn api_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(clear_failed)
         .unify()
         .or(stats)
+        .unify()
+        .or(projects)
+        .unify()
+        .or(streams)
         .unify()
         .or(openapi)
         .unify()

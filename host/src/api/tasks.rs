@@ -402,15 +402,7 @@ async fn list(principal: &Principal, state: &AppState, raw: &str) -> Result<Resp
             )));
         }
     };
-    let ascending = match query.get("order") {
-        None | Some("desc") => false,
-        Some("asc") => true,
-        Some(other) => {
-            return Err(ApiError::validation(format!(
-                "order must be asc or desc, not {other:?}"
-            )));
-        }
-    };
+    let ascending = query.order(false)?;
     let (limit, offset) = (query.limit()?, query.offset()?);
     let task_query = TaskQuery {
         status,

@@ -7,6 +7,8 @@
 //! were revoked; 4008 the client read too slowly and its buffer filled. The close reason of
 //! 1001 and 4008 names the `after_seq` to resume from.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::stream::SplitSink;
@@ -167,7 +169,17 @@ fn start_session(
     use warp::Reply;
     ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| session(socket, connection, hello, replay, state, credentials))
+        .on_upgrade(move |socket| {
+            session(
+                socket,
+                connection,
+                Some(hello),
+                replay,
+                state,
+                credentials,
+                None,
+            )
+        })
         .into_response()
 }
 
@@ -210,6 +222,48 @@ async fn open_task(
     ))
 }
 
+/// A stream that speaks another system's protocol (a compatibility façade): it rewrites each
+/// frame of the hub, or drops it, and takes no frames from the client.
+pub trait Dialect: Send + 'static {
+    fn translate<'a>(
+        &'a mut self,
+        connection: &'a StreamConnection,
+        frame: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
+}
+
+/// Opens a stream in `dialect` on `topics` (no replay, no first frame of ours), with the same
+/// admission, limits, heartbeats and credential checks as the host's own streams. `known` are
+/// the query parameters the dialect's clients send.
+pub async fn open_dialect(
+    state: AppState,
+    credentials: Credentials,
+    raw: &str,
+    known: &[&str],
+    ws: Option<Ws>,
+    topics: Vec<String>,
+    dialect: Box<dyn Dialect>,
+) -> Result<Response, ApiError> {
+    let (_, ws, mut connection) = admit(&state, &credentials, raw, known, ws).await?;
+    connection.subscribe(&topics, None).await?;
+    use warp::Reply;
+    Ok(ws
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| {
+            session(
+                socket,
+                connection,
+                None,
+                None,
+                state,
+                credentials,
+                Some(dialect),
+            )
+        })
+        .into_response())
+}
+
 /// Why a session ends.
 enum Stop {
     /// The peer closed, vanished or stopped answering pings: nothing more can be sent.
@@ -226,15 +280,23 @@ struct Session {
     /// How long one write may wait on a peer that does not read.
     write_timeout: Duration,
     buffer_frames: usize,
+    dialect: Option<Box<dyn Dialect>>,
 }
 
 impl Session {
     async fn write(&mut self, message: Message) -> Result<(), Stop> {
+        // Frames count as messages; heartbeats do not.
+        let frame = message.is_text();
         tokio::select! {
             biased;
             reason = self.connection.closed_by_hub() => Err(self.close_for(reason)),
             sent = tokio::time::timeout(self.write_timeout, self.sink.send(message)) => match sent {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    if frame {
+                        self.connection.count_sent();
+                    }
+                    Ok(())
+                }
                 Ok(Err(_)) => Err(Stop::PeerGone),
                 // Not read for this long: treat as gone rather than hold a slot forever.
                 Err(_) => Err(Stop::PeerGone),
@@ -302,6 +364,7 @@ impl Session {
     }
 
     async fn handle_client_frame(&mut self, text: &str) -> Result<(), Stop> {
+        self.connection.count_received();
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -345,10 +408,11 @@ impl Session {
 async fn session(
     socket: WebSocket,
     connection: StreamConnection,
-    hello: Value,
+    hello: Option<Value>,
     replay: Option<Replay>,
     state: AppState,
     credentials: Credentials,
+    dialect: Option<Box<dyn Dialect>>,
 ) {
     let heartbeat = state.streams.config().heartbeat_interval();
     let (sink, mut incoming) = socket.split();
@@ -368,9 +432,10 @@ async fn session(
     let mut session = Session {
         sink,
         connection,
-        last_seq: hello["seq"].as_u64().unwrap_or(0),
+        last_seq: hello.as_ref().and_then(|h| h["seq"].as_u64()).unwrap_or(0),
         write_timeout: (heartbeat * 2).max(Duration::from_secs(10)),
         buffer_frames: state.streams.config().buffer_frames,
+        dialect,
     };
     let stop = run(
         &mut session,
@@ -396,13 +461,15 @@ async fn session(
 async fn run(
     session: &mut Session,
     client_frames: &mut mpsc::Receiver<Option<Message>>,
-    hello: Value,
+    hello: Option<Value>,
     replay: Option<Replay>,
     state: &AppState,
     credentials: &Credentials,
 ) -> Stop {
     let heartbeat = state.streams.config().heartbeat_interval();
-    if let Err(stop) = session.send_json(&hello).await {
+    if let Some(hello) = hello
+        && let Err(stop) = session.send_json(&hello).await
+    {
         return stop;
     }
     if let Some(mut replay) = replay
@@ -416,7 +483,13 @@ async fn run(
     loop {
         let step = tokio::select! {
             next = session.connection.next() => match next {
-                Next::Frame { text, seq } => session.send_frame(&text, seq).await,
+                Next::Frame { text, seq } => match session.dialect.as_mut() {
+                    None => session.send_frame(&text, seq).await,
+                    Some(dialect) => match dialect.translate(&session.connection, &text).await {
+                        Some(translated) => session.send_frame(&translated, seq).await,
+                        None => Ok(()),
+                    },
+                },
                 Next::Closed(reason) => Err(session.close_for(reason)),
             },
             message = client_frames.recv() => {
@@ -425,6 +498,11 @@ async fn run(
                     None | Some(None) => Err(Stop::PeerGone),
                     Some(Some(message)) if message.is_close() => {
                         Err(Stop::Close(1000, String::new()))
+                    }
+                    // A dialect's clients send nothing the host acts on.
+                    Some(Some(message)) if message.is_text() && session.dialect.is_some() => {
+                        session.connection.count_received();
+                        Ok(())
                     }
                     Some(Some(message)) if message.is_text() => match message.to_str() {
                         Ok(text) => session.handle_client_frame(text).await,

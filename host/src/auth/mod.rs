@@ -5,17 +5,19 @@
 //! plugin) plus `plugins:manage`, `users:manage`, `runners:register` and `tasks:report`;
 //! roles grant defaults.
 
+mod imported_keys;
 mod secrets;
 mod service;
 
 use serde::{Deserialize, Serialize};
 
+pub use imported_keys::{ImportedKey, ImportedKeys};
 pub use secrets::{
     MASK, SecretBox, SecretError, redact, redact_value, seal_secrets, secret_paths, secret_strings,
     unseal_into,
 };
 pub use service::{ApiKeyRequest, Auth, AuthConfig, AuthError, LoginResult, api_key_json};
-pub(crate) use service::{principal_for_key, random_token, sha256_hex};
+pub(crate) use service::{principal_for_key, random_token, sha256_hex, valid_username};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

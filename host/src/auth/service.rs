@@ -129,6 +129,8 @@ struct AuthInner {
     /// Password hashes computed at once: each costs ~20 MB and tens of ms of a core, so a
     /// burst of logins must queue here rather than fill the blocking pool.
     hashing: tokio::sync::Semaphore,
+    /// Keys clients of replaced systems already hold (see [`super::ImportedKeys`]).
+    imported: super::ImportedKeys,
 }
 
 /// How long a login waits for a hashing slot before it is turned away as busy.
@@ -226,7 +228,7 @@ pub(crate) async fn principal_for_key(
     }))
 }
 
-fn valid_username(name: &str) -> bool {
+pub(crate) fn valid_username(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .chars()
@@ -240,6 +242,7 @@ impl Auth {
         config: &AuthConfig,
         data_dir: &Path,
         storage: Arc<dyn Storage>,
+        imported: super::ImportedKeys,
     ) -> Result<Self, AuthError> {
         let secret = match &config.jwt_secret {
             Some(secret) if secret.len() >= 32 => secret.clone(),
@@ -270,6 +273,7 @@ impl Auth {
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 ),
+                imported,
             }),
         };
         if auth.inner.storage.count_users().await? == 0 {
@@ -365,6 +369,9 @@ impl Auth {
         if credential.starts_with("thk_") {
             return self.authenticate_api_key(credential).await;
         }
+        if let Some(principal) = self.inner.imported.principal(credential) {
+            return Ok(principal);
+        }
         let data = jsonwebtoken::decode::<Claims>(
             credential,
             &self.inner.decoding,
@@ -384,6 +391,11 @@ impl Auth {
 
     pub async fn authenticate_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let refused = || AuthError::Unauthenticated("invalid, expired or revoked API key");
+        if !key.starts_with("thk_")
+            && let Some(principal) = self.inner.imported.principal(key)
+        {
+            return Ok(principal);
+        }
         let (id, secret) = key
             .strip_prefix("thk_")
             .and_then(|rest| rest.split_once('_'))

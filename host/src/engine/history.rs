@@ -121,9 +121,36 @@ impl Engine {
         principal: &Principal,
         query: StatsQuery,
     ) -> Result<Stats, EngineError> {
+        if query.group_by.len() > stats::MAX_GROUP_BY {
+            return Err(EngineError::validation(format!(
+                "group_by takes at most {} labels",
+                stats::MAX_GROUP_BY
+            )));
+        }
+        if query.recent > stats::MAX_RECENT {
+            return Err(EngineError::validation(format!(
+                "recent is at most {}",
+                stats::MAX_RECENT
+            )));
+        }
         stats::compute(
             self.inner.storage.as_ref(),
             &query,
+            &policy::read_scope(principal),
+        )
+        .await
+    }
+
+    /// A page of the projects (values of the `project` label) whose tasks `principal` may
+    /// read, and how many there are.
+    pub async fn projects(
+        &self,
+        principal: &Principal,
+        query: &ProjectQuery,
+    ) -> Result<(Vec<Project>, u64), EngineError> {
+        projects::list(
+            self.inner.storage.as_ref(),
+            query,
             &policy::read_scope(principal),
         )
         .await

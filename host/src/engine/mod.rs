@@ -12,6 +12,7 @@ mod feed;
 mod history;
 mod plugins;
 mod progress;
+mod projects;
 mod queues;
 mod reports;
 mod retention;
@@ -39,9 +40,10 @@ pub use error::EngineError;
 pub use error_records::{ERRORS_COLLECTION, ErrorReport, MAX_STACK_TRACE};
 pub use feed::EventFeed;
 pub use progress::ProgressReport;
+pub use projects::{Project, ProjectQuery, ProjectSort};
 pub use reports::{ReportedError, TaskUpdate};
 pub use retention::RetentionConfig;
-pub use stats::{Stats, StatsQuery};
+pub use stats::{MAX_RECENT, Stats, StatsQuery};
 
 use crate::auth::{
     Principal, SecretBox, principal_for_key, redact, redact_value, seal_secrets, secret_strings,

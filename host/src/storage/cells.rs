@@ -1,8 +1,11 @@
 //! Statistics kept on write: every task counts in exactly one *cell*, the (owner, plugin,
-//! `project` label, creation day) it belongs to, which holds its tasks per status and the
-//! summed run time of the completed ones. A backend applies [`changes`] in the same atomic
-//! write as the task, so `stats` adds up cells (a few per owner, plugin, project and day)
-//! instead of reading tasks.
+//! `project` label, `agent` label, creation day) it belongs to, which holds its tasks per
+//! status and the summed run time of the completed ones. A backend applies [`changes`] in the
+//! same atomic write as the task, so `stats` adds up cells (a few per owner, plugin, project,
+//! agent and day) instead of reading tasks.
+//!
+//! The two labels are the ones the systems taskhost replaces group their statistics by
+//! (projects, and the agents working in them); `stats` over any other label reads tasks.
 
 use chrono::{DateTime, Utc};
 
@@ -15,6 +18,8 @@ pub struct CellKey {
     pub plugin: String,
     /// The task's `project` label, if any.
     pub project: Option<String>,
+    /// The task's `agent` label, if any.
+    pub agent: Option<String>,
     /// `YYYY-MM-DD` of creation, UTC.
     pub day: String,
 }
@@ -24,10 +29,14 @@ pub struct CellKey {
 pub struct CellCounts {
     /// Tasks per status, in [`TaskStatus::ALL`] order.
     pub by_status: [u64; 7],
-    /// Sum of finished − started over completed tasks, in milliseconds.
+    /// Sum of the run times of the completed tasks (see [`duration_ms`]), in milliseconds.
     pub duration_ms: u64,
-    /// Completed tasks that have both timestamps.
+    /// Completed tasks that have a run time.
     pub timed: u64,
+    /// Earliest creation of a task counted in, Unix milliseconds (kept when that task goes).
+    pub first_created_ms: Option<i64>,
+    /// Latest update of a task at the moment it came in or changed status, Unix milliseconds.
+    pub last_changed_ms: Option<i64>,
 }
 
 /// A cell as a listing of cells returns it.
@@ -50,21 +59,40 @@ impl CellKey {
             owner: task.owner.clone(),
             plugin: task.plugin.clone(),
             project: task.labels.get("project").cloned(),
+            agent: task.labels.get("agent").cloned(),
             day: day_of(&task.created_at),
         }
     }
+
+    /// The cell's value of label `key`: `None` when cells are not kept by that label,
+    /// `Some(None)` when the cell's tasks do not carry it.
+    pub fn label(&self, key: &str) -> Option<Option<&str>> {
+        match key {
+            "project" => Some(self.project.as_deref()),
+            "agent" => Some(self.agent.as_deref()),
+            _ => None,
+        }
+    }
 }
+
+/// The labels cells are kept by.
+pub const CELL_LABELS: [&str; 2] = ["project", "agent"];
 
 pub fn day_of(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%d").to_string()
 }
 
-/// The run time a completed task adds to its cell.
+/// The run time a completed task adds to its cell: what its reporter said it took, or else
+/// finished − started.
 fn duration_ms(task: &Task) -> Option<u64> {
-    match (task.status, task.started_at, task.finished_at) {
-        (TaskStatus::Completed, Some(start), Some(end)) => {
-            Some((end - start).num_milliseconds().max(0) as u64)
-        }
+    if task.status != TaskStatus::Completed {
+        return None;
+    }
+    if let Some(seconds) = task.duration_seconds {
+        return Some((seconds.max(0.0) * 1000.0).round() as u64);
+    }
+    match (task.started_at, task.finished_at) {
+        (Some(start), Some(end)) => Some((end - start).num_milliseconds().max(0) as u64),
         _ => None,
     }
 }
@@ -75,6 +103,8 @@ pub struct CellDelta {
     pub status: usize,
     pub duration_ms: Option<u64>,
     pub add: bool,
+    pub created_ms: i64,
+    pub changed_ms: i64,
 }
 
 impl CellCounts {
@@ -84,6 +114,16 @@ impl CellCounts {
             *count += 1;
         } else {
             *count = count.saturating_sub(1);
+        }
+        if delta.add {
+            self.first_created_ms = Some(
+                self.first_created_ms
+                    .map_or(delta.created_ms, |ms| ms.min(delta.created_ms)),
+            );
+            self.last_changed_ms = Some(
+                self.last_changed_ms
+                    .map_or(delta.changed_ms, |ms| ms.max(delta.changed_ms)),
+            );
         }
         if let Some(ms) = delta.duration_ms {
             if delta.add {
@@ -96,15 +136,30 @@ impl CellCounts {
         }
     }
 
-    /// Fixed-width big-endian bytes: the seven counts, the duration sum and the timed count.
+    /// Adds `other`'s tasks (cells of different keys summed into one).
+    pub fn merge(&mut self, other: &CellCounts) {
+        for (n, m) in self.by_status.iter_mut().zip(other.by_status) {
+            *n += m;
+        }
+        self.duration_ms += other.duration_ms;
+        self.timed += other.timed;
+        self.first_created_ms = earliest(self.first_created_ms, other.first_created_ms);
+        self.last_changed_ms = self.last_changed_ms.max(other.last_changed_ms);
+    }
+
+    /// Fixed-width big-endian bytes: the seven counts, the duration sum, the timed count, and
+    /// the two times (`i64::MIN` for none).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(72);
+        let mut bytes = Vec::with_capacity(88);
         for n in self
             .by_status
             .iter()
             .chain([&self.duration_ms, &self.timed])
         {
             bytes.extend_from_slice(&n.to_be_bytes());
+        }
+        for at in [self.first_created_ms, self.last_changed_ms] {
+            bytes.extend_from_slice(&at.unwrap_or(i64::MIN).to_be_bytes());
         }
         bytes
     }
@@ -119,7 +174,22 @@ impl CellCounts {
         }
         counts.duration_ms = numbers.next().unwrap_or(0);
         counts.timed = numbers.next().unwrap_or(0);
+        let mut at = || {
+            numbers
+                .next()
+                .map(|n| n as i64)
+                .filter(|ms| *ms != i64::MIN)
+        };
+        counts.first_created_ms = at();
+        counts.last_changed_ms = at();
         counts
+    }
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -133,6 +203,8 @@ pub fn changes(old: Option<&Task>, new: Option<&Task>) -> Vec<(CellKey, CellDelt
                 status: status_index(task.status),
                 duration_ms: duration_ms(task),
                 add,
+                created_ms: task.created_at.timestamp_millis(),
+                changed_ms: task.updated_at.timestamp_millis(),
             },
         )
     };
@@ -173,6 +245,10 @@ mod tests {
         assert_eq!(counts.by_status[status_index(TaskStatus::Queued)], 0);
         assert_eq!(counts.by_status[status_index(TaskStatus::Completed)], 1);
         assert_eq!((counts.duration_ms, counts.timed), (250, 1));
+        assert_eq!(
+            counts.first_created_ms,
+            Some(queued.created_at.timestamp_millis())
+        );
         assert_eq!(CellCounts::decode(&counts.encode()), counts);
     }
 }

@@ -246,6 +246,9 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
         if n % 4 == 0 {
             t.labels.insert("project".into(), format!("p{}", n % 3));
         }
+        if n % 5 == 0 {
+            t.labels.insert("agent".into(), format!("a{}", n % 2));
+        }
         store.create_task(&t, &created()).await.expect("created");
         let next = statuses[n as usize % 4];
         if next != TaskStatus::Queued {
@@ -262,6 +265,8 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
     }
     // Deleting a finished task takes it out of every listing and count.
     assert!(store.delete_task("l002").await.expect("deleted"));
+    // Its cell keeps the times it saw (see cells::CellCounts), so the model of times counts it.
+    let ever_counted = tasks.clone();
     tasks.retain(|t| t.id != "l002");
     store.sync().await.expect("durable");
 
@@ -313,23 +318,46 @@ async fn listings_match_the_model_for_every_filter_sort_and_page(backend: &mut i
         let ids: Vec<String> = page.iter().map(|t| t.id.clone()).collect();
         assert_eq!((ids, total), model(&tasks, query), "{query:?}");
     }
-    // The statistics cells add up to the tasks, for all owners and for one.
+    // The statistics cells add up to the tasks, for all owners and for one: counts, the
+    // earliest creation and the latest change of every task that counted in them.
+    type CellModel = ([u64; 7], Option<i64>, Option<i64>);
     for owner in [None, Some("alice")] {
-        let mut model_cells: BTreeMap<CellKey, [u64; 7]> = BTreeMap::new();
+        let mut model_cells: BTreeMap<CellKey, CellModel> = BTreeMap::new();
         for t in tasks.iter().filter(|t| owner.is_none_or(|o| t.owner == o)) {
             let slot = TaskStatus::ALL
                 .iter()
                 .position(|s| *s == t.status)
                 .unwrap_or(0);
-            model_cells.entry(CellKey::of(t)).or_default()[slot] += 1;
+            model_cells.entry(CellKey::of(t)).or_default().0[slot] += 1;
         }
-        let stored: BTreeMap<CellKey, [u64; 7]> = store
+        for t in ever_counted
+            .iter()
+            .filter(|t| owner.is_none_or(|o| t.owner == o))
+        {
+            let Some(cell) = model_cells.get_mut(&CellKey::of(t)) else {
+                continue;
+            };
+            let created = t.created_at.timestamp_millis();
+            cell.1 = Some(cell.1.map_or(created, |ms| ms.min(created)));
+            cell.2 = cell.2.max(Some(t.updated_at.timestamp_millis()));
+        }
+        let stored: BTreeMap<CellKey, CellModel> = store
             .stat_cells(owner)
             .await
             .expect("cells")
             .into_iter()
             .filter(|c| c.counts.by_status.iter().any(|n| *n > 0))
-            .map(|c| (c.key, c.counts.by_status))
+            .map(|c| {
+                let counts = c.counts;
+                (
+                    c.key,
+                    (
+                        counts.by_status,
+                        counts.first_created_ms,
+                        counts.last_changed_ms,
+                    ),
+                )
+            })
             .collect();
         assert_eq!(stored, model_cells, "cells of {owner:?}");
     }

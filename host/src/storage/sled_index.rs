@@ -195,17 +195,20 @@ pub(super) fn plugin_status_counters() -> Vec<u8> {
 /// Key prefixes of every index, counter and statistics cell, for a rebuild.
 pub(super) const DERIVED_PREFIXES: [&[u8]; 5] = [b"i\0", b"I\0", b"n\0", b"c\0", b"s\0"];
 
-/// `s\0{owner}\0{plugin}\0{project}\0{day}`, the project as `={value}` or empty for none.
+/// `s\0{owner}\0{plugin}\0{project}\0{agent}\0{day}`, each label as `={value}` or empty for
+/// none.
 pub(super) fn cell_key(cell: &CellKey) -> Vec<u8> {
-    let project = cell
-        .project
-        .as_ref()
-        .map_or_else(Vec::new, |p| format!("={p}").into_bytes());
+    let label = |value: &Option<String>| {
+        value
+            .as_ref()
+            .map_or_else(Vec::new, |v| format!("={v}").into_bytes())
+    };
     key(&[
         b"s",
         cell.owner.as_bytes(),
         cell.plugin.as_bytes(),
-        &project,
+        &label(&cell.project),
+        &label(&cell.agent),
         cell.day.as_bytes(),
     ])
 }
@@ -213,14 +216,18 @@ pub(super) fn cell_key(cell: &CellKey) -> Vec<u8> {
 pub(super) fn parse_cell_key(k: &[u8]) -> Option<CellKey> {
     let mut parts = k.split(|b| *b == 0).skip(1);
     let text = |part: Option<&[u8]>| part.and_then(|p| String::from_utf8(p.to_vec()).ok());
+    let label =
+        |part: Option<&[u8]>| text(part).map(|value| value.strip_prefix('=').map(str::to_owned));
     let owner = text(parts.next())?;
     let plugin = text(parts.next())?;
-    let project = text(parts.next())?;
+    let project = label(parts.next())?;
+    let agent = label(parts.next())?;
     let day = text(parts.next())?;
     Some(CellKey {
         owner,
         plugin,
-        project: project.strip_prefix('=').map(str::to_owned),
+        project,
+        agent,
         day,
     })
 }
@@ -234,7 +241,7 @@ pub(super) fn cells_prefix(owner: Option<&str>) -> Vec<u8> {
 }
 
 /// Layout version of the derived keys (indexes, counters, cells).
-const SCHEMA_VERSION: [u8; 1] = [3];
+const SCHEMA_VERSION: [u8; 1] = [4];
 
 /// Rebuilds every index and counter from the tasks when the stored layout is older than
 /// this build's (a store written before the counters existed).

@@ -14,6 +14,7 @@
 //! nothing arrives twice.
 
 mod topic;
+mod traffic;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 pub use topic::Topic;
+pub use traffic::{StreamStats, Traffic};
 
 use crate::auth::Principal;
 use crate::engine::{Engine, EngineError, EventFeed};
@@ -155,6 +157,8 @@ struct Hub {
     state: Mutex<HubState>,
     next_id: AtomicU64,
     slow_consumers_dropped: AtomicU64,
+    /// Frames of every connection since start.
+    traffic: Traffic,
     stop: watch::Sender<bool>,
 }
 
@@ -172,6 +176,7 @@ struct Subscriber {
     queue: Option<mpsc::Sender<Delivery>>,
     close: Option<oneshot::Sender<CloseReason>>,
     topics: HashSet<Topic>,
+    traffic: Arc<Traffic>,
 }
 
 /// Connection ids by topic, so that an event reaches its subscribers without a look at the
@@ -260,6 +265,7 @@ impl Streams {
             state: Mutex::new(HubState::default()),
             next_id: AtomicU64::new(1),
             slow_consumers_dropped: AtomicU64::new(0),
+            traffic: Traffic::default(),
             stop,
         });
         tokio::spawn(hub.clone().dispatch(events, notices, stopped));
@@ -294,6 +300,7 @@ impl Streams {
         let id = self.hub.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, queue) = mpsc::channel(self.hub.config.buffer_frames);
         let (close_sender, close) = oneshot::channel();
+        let traffic = Arc::new(Traffic::default());
         state.connections.insert(
             id,
             Subscriber {
@@ -301,6 +308,7 @@ impl Streams {
                 queue: Some(sender),
                 close: Some(close_sender),
                 topics: HashSet::new(),
+                traffic: traffic.clone(),
             },
         );
         Ok(StreamConnection {
@@ -312,12 +320,54 @@ impl Streams {
             close,
             closed: None,
             subscriptions: BTreeMap::new(),
+            traffic,
         })
     }
 
     /// Connections open now.
     pub fn connection_count(&self) -> usize {
         lock(&self.hub.state).connections.len()
+    }
+
+    /// The connections `principal` may see: all of them with `host_wide`, else their own.
+    pub fn stats(&self, principal: &Principal, host_wide: bool) -> StreamStats {
+        let state = lock(&self.hub.state);
+        let mut stats = StreamStats {
+            uptime_s: self.hub.engine.uptime().as_secs(),
+            ..StreamStats::default()
+        };
+        for subscriber in state.connections.values() {
+            let name = &subscriber.principal.name;
+            if !host_wide && *name != principal.name {
+                continue;
+            }
+            stats.total_connections += 1;
+            *stats.principal_connections.entry(name.clone()).or_default() += 1;
+            let projects: HashSet<&str> = subscriber
+                .topics
+                .iter()
+                .filter_map(|topic| match topic {
+                    Topic::Label(key, value) if key == "project" => Some(value.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for project in projects {
+                *stats
+                    .project_connections
+                    .entry(project.to_owned())
+                    .or_default() += 1;
+            }
+            if !host_wide {
+                stats.messages_sent += subscriber.traffic.sent();
+                stats.messages_received += subscriber.traffic.received();
+            }
+        }
+        if host_wide {
+            stats.messages_sent = self.hub.traffic.sent();
+            stats.messages_received = self.hub.traffic.received();
+            stats.slow_consumers_dropped = Some(self.slow_consumers_dropped());
+        }
+        stats
     }
 
     /// Connections closed so far because they read too slowly.
@@ -482,6 +532,7 @@ pub struct StreamConnection {
     closed: Option<CloseReason>,
     /// Topic → the seq through which this subscription is already covered.
     subscriptions: BTreeMap<Topic, u64>,
+    traffic: Arc<Traffic>,
 }
 
 impl StreamConnection {
@@ -491,6 +542,18 @@ impl StreamConnection {
 
     pub fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    /// Counts a frame the transport sent to the client.
+    pub fn count_sent(&self) {
+        self.traffic.count_sent();
+        self.hub.traffic.count_sent();
+    }
+
+    /// Counts a frame the transport received from the client.
+    pub fn count_received(&self) {
+        self.traffic.count_received();
+        self.hub.traffic.count_received();
     }
 
     /// The topics subscribed to now.

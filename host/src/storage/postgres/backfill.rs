@@ -3,11 +3,15 @@
 //! records it in `backfills`: of several hosts starting together, one does it and the others,
 //! waiting on that row, find it done.
 
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
 use sqlx::{PgPool, Row};
 
-use super::pg_error;
+use super::{pg_error, stat_cells};
 use crate::model::Task;
 use crate::storage::StorageError;
+use crate::storage::cells::{self, CellCounts, CellKey};
 use crate::storage::codec::decode;
 
 /// Tasks written before schema 4 have an empty `depends_on` column whatever their body says,
@@ -51,6 +55,44 @@ pub async fn dependencies(pool: &PgPool) -> Result<(), StorageError> {
             tasks = filled,
             "recorded the dependencies of tasks written before schema 4"
         );
+    }
+    Ok(())
+}
+
+/// Before schema 9 the statistics cells were kept neither per `agent` label nor with their
+/// tasks' times. Rebuilds every cell from the tasks, with writers held off by a share lock on
+/// `tasks` until it commits; the bodies are read as a stream, so memory follows the cells.
+pub async fn cells_by_agent(pool: &PgPool) -> Result<(), StorageError> {
+    let mut tx = pool.begin().await.map_err(pg_error)?;
+    let first = sqlx::query(
+        "INSERT INTO backfills (name) VALUES ('cells_by_agent') ON CONFLICT (name) DO NOTHING",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(pg_error)?;
+    if first.rows_affected() == 0 {
+        return Ok(());
+    }
+    sqlx::query("LOCK TABLE tasks IN SHARE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+    let mut rebuilt: BTreeMap<CellKey, CellCounts> = BTreeMap::new();
+    let mut tasks = 0usize;
+    {
+        let mut rows = sqlx::query("SELECT body FROM tasks").fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await.map_err(pg_error)? {
+            let task: Task = decode(row.get::<&[u8], _>("body"))?;
+            for (key, delta) in cells::changes(None, Some(&task)) {
+                rebuilt.entry(key).or_default().apply(&delta);
+            }
+            tasks += 1;
+        }
+    }
+    stat_cells::replace_all(&mut tx, rebuilt).await?;
+    tx.commit().await.map_err(pg_error)?;
+    if tasks > 0 {
+        tracing::info!(tasks, "rebuilt the statistics cells by project and agent");
     }
     Ok(())
 }

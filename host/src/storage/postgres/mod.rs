@@ -65,6 +65,7 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, StorageError> {
         .map_err(pg_error)?;
     MIGRATOR.run(&pool).await.map_err(migrate_error)?;
     backfill::dependencies(&pool).await?;
+    backfill::cells_by_agent(&pool).await?;
     Ok(pool)
 }
 

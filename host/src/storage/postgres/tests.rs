@@ -268,3 +268,94 @@ async fn postgres_passes_the_storage_conformance_suite() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn statistics_cells_are_rebuilt_by_agent_once_at_start_from_schema_8() {
+    use crate::model::TaskStatus;
+    use crate::storage::cells::{CellCounts, CellKey};
+    use crate::storage::conformance;
+
+    let cluster = PgCluster::start();
+    let old = sqlx::PgPool::connect(&cluster.url())
+        .await
+        .expect("connects");
+    MIGRATOR.run_to(8, &old).await.expect("schema 8");
+    let mut tasks = Vec::new();
+    for (id, agent, status) in [
+        ("a1", Some("claude"), TaskStatus::Completed),
+        ("a2", Some("claude"), TaskStatus::Failed),
+        ("a3", None, TaskStatus::Completed),
+    ] {
+        let mut task = conformance::task(id, "tracker", "alice", status, 1_000);
+        task.labels.insert("project".into(), "web".into());
+        if let Some(agent) = agent {
+            task.labels.insert("agent".into(), agent.into());
+        }
+        if status == TaskStatus::Completed {
+            task.started_at = Some(task.created_at);
+            task.finished_at = Some(task.created_at + chrono::Duration::milliseconds(400));
+        }
+        sqlx::query(
+            "INSERT INTO tasks (id, plugin, owner, status, priority, created_at, updated_at, \
+             labels, body, task_type) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&task.id)
+        .bind(&task.plugin)
+        .bind(&task.owner)
+        .bind(task.status.as_str())
+        .bind(task.priority)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .bind(serde_json::to_value(&task.labels).expect("labels"))
+        .bind(crate::storage::codec::encode(&task).expect("encodes"))
+        .bind(&task.task_type)
+        .execute(&old)
+        .await
+        .expect("schema-8 row");
+        tasks.push(task);
+    }
+    // The one cell a schema-8 host kept for all three: project `web`, no agent.
+    sqlx::query(
+        "INSERT INTO task_cells (owner, plugin, has_project, project, day, by_status, \
+         duration_ms, timed) VALUES ('alice', 'tracker', true, 'web', $1, $2, 800, 2)",
+    )
+    .bind(tasks[0].created_at.format("%Y-%m-%d").to_string())
+    .bind(vec![0i64, 0, 0, 0, 2, 1, 0])
+    .execute(&old)
+    .await
+    .expect("schema-8 cell");
+    old.close().await;
+
+    let read_cells = |pool: sqlx::PgPool| async move {
+        stat_cells::read(&pool, None)
+            .await
+            .expect("cells")
+            .into_iter()
+            .map(|cell| (cell.key, cell.counts))
+            .collect::<std::collections::BTreeMap<CellKey, CellCounts>>()
+    };
+    let mut expected: std::collections::BTreeMap<CellKey, CellCounts> = Default::default();
+    for task in &tasks {
+        for (key, delta) in crate::storage::cells::changes(None, Some(task)) {
+            expected.entry(key).or_default().apply(&delta);
+        }
+    }
+    let pool = connect(&settings(cluster.url())).await.expect("migrates");
+    assert_eq!(read_cells(pool.clone()).await, expected);
+    assert!(
+        expected
+            .keys()
+            .any(|k| k.agent.as_deref() == Some("claude")),
+        "an agent cell is expected"
+    );
+    // Done once: a later start leaves the cells as writes keep them, even a hand-made one.
+    sqlx::query("UPDATE task_cells SET timed = 99 WHERE has_agent")
+        .execute(&pool)
+        .await
+        .expect("changed");
+    for (_, counts) in expected.iter_mut().filter(|(k, _)| k.agent.is_some()) {
+        counts.timed = 99;
+    }
+    let again = connect(&settings(cluster.url())).await.expect("restarts");
+    assert_eq!(read_cells(again).await, expected, "rebuilt twice");
+}

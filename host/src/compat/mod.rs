@@ -1,0 +1,107 @@
+//! Compatibility façades: the APIs of the systems taskhost replaces, each a thin translation
+//! onto the engine, so that their clients run unchanged (`../shared/seeds/`). Each is switched
+//! on in config (`[compat.<name>]`), mounted on the main listener at the seed's own paths or
+//! served on a listener of its own (`listen`), and may import the static keys its clients
+//! hold (`api_keys`).
+//!
+//! Parsing is lenient on façade routes only: fields the engine has no use for are kept with
+//! the task, never refused. Everywhere else the API stays strict.
+
+pub mod agent_tracker;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
+use warp::reply::Response;
+
+use crate::api::ratelimit::Class;
+use crate::api::{ApiError, AppState, Credentials, check_rate};
+use crate::auth::{ImportedKey, ImportedKeys, Principal};
+
+/// `[compat]`: one section per façade.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    pub agent_tracker: agent_tracker::AgentTrackerConfig,
+}
+
+/// What every façade's section holds.
+pub trait FacadeSettings {
+    fn enabled(&self) -> bool;
+    /// A listener of its own (the seed's port); `None`: mounted on the main listener.
+    fn listen(&self) -> Option<SocketAddr>;
+    fn api_keys(&self) -> &[ImportedKey];
+}
+
+impl CompatConfig {
+    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 1] {
+        [("compat.agent_tracker", &self.agent_tracker)]
+    }
+
+    /// The keys the enabled façades import, digested; `env` reads `key_env` variables.
+    pub fn imported_keys(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ImportedKeys, String> {
+        ImportedKeys::import(
+            self.facades()
+                .into_iter()
+                .filter(|(_, facade)| facade.enabled())
+                .map(|(name, facade)| (name, facade.api_keys())),
+            env,
+        )
+    }
+
+    /// The addresses of the façades that listen on their own, by section name.
+    pub fn own_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.facades()
+            .into_iter()
+            .filter(|(_, facade)| facade.enabled())
+            .filter_map(|(name, facade)| facade.listen().map(|addr| (name, addr)))
+            .collect()
+    }
+}
+
+/// The routes of the enabled façades that have no listener of their own, for the main one.
+pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
+    let tracker = &state.config.compat.agent_tracker;
+    (tracker.enabled && tracker.listen.is_none()).then(|| agent_tracker::routes(state.clone()))
+}
+
+/// The routes a façade's own listener serves, by section name.
+pub fn routes_of(state: &AppState, section: &str) -> Option<BoxedFilter<(Response,)>> {
+    match section {
+        "compat.agent_tracker" => Some(agent_tracker::routes(state.clone())),
+        _ => None,
+    }
+}
+
+/// The caller of a façade request, from the credential styles its seed's clients use:
+/// `Authorization: Bearer`, `X-API-Key`, or `?api_key=` / `?token=` in the query. Counted
+/// against the principal's rate limit like any API request.
+pub async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw_query: &str,
+) -> Result<Principal, ApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let credentials =
+        Credentials::from_request(header("authorization"), header("x-api-key"), raw_query);
+    let principal = credentials.authenticate(state).await?;
+    check_rate(&state.limits, Class::Principal, &principal.name)?;
+    Ok(principal)
+}
+
+/// The request parts façade handlers read: headers and the raw query.
+pub fn request_parts()
+-> impl Filter<Extract = (HeaderMap, String), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().and(crate::api::raw_query())
+}
