@@ -67,6 +67,12 @@
 //! # listen = "0.0.0.0:8000"          # its own port; else on the main listener
 //! # api_keys = [{ key_env = "API_KEY", user = "tracker", role = "user" }]
 //!
+//! [compat.teamcache]                 # TeamCache's API gateway, onto the cache plugin
+//! enabled = false
+//! # listen = "0.0.0.0:8095"
+//! # api_keys = [{ key_env = "API_GATEWAY_KEY", user = "teamcache", role = "user" }]
+//! scan_wait_ms = 10000               # a create waits this long for the scan's totals
+//!
 //! [plugins.testkit]                  # grants for a bundled or plugins-dir plugin, as in a .toml
 //! limits = { memory_mb = 64 }
 //! ```

@@ -129,8 +129,10 @@ impl TestServer {
             let bound = facade.local_addr().expect("façade address");
             facades.insert(*section, bound);
             // A restart takes the same port, as the façade's clients have it.
-            if *section == "compat.agent_tracker" {
-                config.compat.agent_tracker.listen = Some(bound);
+            match *section {
+                "compat.agent_tracker" => config.compat.agent_tracker.listen = Some(bound),
+                "compat.teamcache" => config.compat.teamcache.listen = Some(bound),
+                _ => {}
             }
         }
         let state = taskhost::app::start(config.clone())

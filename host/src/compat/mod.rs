@@ -8,6 +8,7 @@
 //! the task, never refused. Everywhere else the API stays strict.
 
 pub mod agent_tracker;
+pub mod teamcache;
 
 use std::net::SocketAddr;
 
@@ -26,6 +27,7 @@ use crate::auth::{ImportedKey, ImportedKeys, Principal};
 #[serde(deny_unknown_fields, default)]
 pub struct CompatConfig {
     pub agent_tracker: agent_tracker::AgentTrackerConfig,
+    pub teamcache: teamcache::TeamCacheConfig,
 }
 
 /// What every façade's section holds.
@@ -37,8 +39,11 @@ pub trait FacadeSettings {
 }
 
 impl CompatConfig {
-    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 1] {
-        [("compat.agent_tracker", &self.agent_tracker)]
+    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 2] {
+        [
+            ("compat.agent_tracker", &self.agent_tracker),
+            ("compat.teamcache", &self.teamcache),
+        ]
     }
 
     /// The keys the enabled façades import, digested; `env` reads `key_env` variables.
@@ -66,15 +71,30 @@ impl CompatConfig {
 }
 
 /// The routes of the enabled façades that have no listener of their own, for the main one.
+/// There the host's own health routes win over the seeds'.
 pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
-    let tracker = &state.config.compat.agent_tracker;
-    (tracker.enabled && tracker.listen.is_none()).then(|| agent_tracker::routes(state.clone()))
+    let compat = &state.config.compat;
+    let mut mounted: Option<BoxedFilter<(Response,)>> = None;
+    let mut add = |routes: BoxedFilter<(Response,)>| {
+        mounted = Some(match mounted.take() {
+            Some(before) => before.or(routes).unify().boxed(),
+            None => routes,
+        });
+    };
+    if compat.agent_tracker.enabled && compat.agent_tracker.listen.is_none() {
+        add(agent_tracker::routes(state.clone()));
+    }
+    if compat.teamcache.enabled && compat.teamcache.listen.is_none() {
+        add(teamcache::routes(state.clone(), false));
+    }
+    mounted
 }
 
 /// The routes a façade's own listener serves, by section name.
 pub fn routes_of(state: &AppState, section: &str) -> Option<BoxedFilter<(Response,)>> {
     match section {
         "compat.agent_tracker" => Some(agent_tracker::routes(state.clone())),
+        "compat.teamcache" => Some(teamcache::routes(state.clone(), true)),
         _ => None,
     }
 }
