@@ -226,7 +226,10 @@ async fn jobs_show_progress_objects_and_errors_in_the_gateways_shapes() {
     assert!(job["completedAt"].is_string());
 
     let (_, listed) = gateway(&server, reqwest::Method::GET, "/api/v1/cache/jobs", None).await;
-    assert_eq!(listed["total"], 1, "the refused job stored nothing: {listed}");
+    assert_eq!(
+        listed["total"], 1,
+        "the refused job stored nothing: {listed}"
+    );
     let item = listed["jobs"]
         .as_array()
         .unwrap()
@@ -326,6 +329,12 @@ async fn mounted_on_the_main_listener_the_gateway_leaves_the_hosts_health_alone(
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.expect("JSON");
     assert_eq!(created["totalSize"]["readable"], "1.00 MB", "{created}");
-    let health = reqwest::get(server.url("/api/v1/health")).await.expect("health");
-    assert_eq!(health.status(), 401, "the host's own /api/v1/health needs credentials");
+    let health = reqwest::get(server.url("/api/v1/health"))
+        .await
+        .expect("health");
+    assert_eq!(
+        health.status(),
+        401,
+        "the host's own /api/v1/health needs credentials"
+    );
 }

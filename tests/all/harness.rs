@@ -132,6 +132,7 @@ impl TestServer {
             match *section {
                 "compat.agent_tracker" => config.compat.agent_tracker.listen = Some(bound),
                 "compat.teamcache" => config.compat.teamcache.listen = Some(bound),
+                "compat.build_analysis" => config.compat.build_analysis.listen = Some(bound),
                 _ => {}
             }
         }

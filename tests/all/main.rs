@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_plugins;
 mod cluster_runners;
 mod compat_agent_tracker;
+mod compat_build_analysis;
 mod compat_teamcache;
 mod contract;
 mod crash;

@@ -46,6 +46,17 @@ pub(crate) struct RoleChange {
     role: Role,
 }
 
+/// A login from `body`, within the per-IP and per-name login limits (façades log in too).
+pub async fn log_in(s: &AppState, body: &[u8]) -> Result<crate::auth::LoginResult, ApiError> {
+    let peer = request::peer().map(|ip| ip.to_string()).unwrap_or_default();
+    check_rate(&s.limits, Class::Login, &peer)?;
+    let login: LoginBody = parse_json(body)?;
+    // Usernames are case-sensitive, but one bucket for all spellings of a name keeps a
+    // guesser from multiplying its allowance.
+    check_rate(&s.limits, Class::LoginUser, &login.username.to_lowercase())?;
+    Ok(s.auth.login(&login.username, &login.password).await?)
+}
+
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let auth = authenticated(state.clone());
     let limit = state.config.max_body_bytes;
@@ -58,17 +69,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(body(limit))
         .then(|s: AppState, b: Bytes| async move {
             respond(
-                async {
-                    let peer = request::peer().map(|ip| ip.to_string()).unwrap_or_default();
-                    check_rate(&s.limits, Class::Login, &peer)?;
-                    let login: LoginBody = parse_json(&b)?;
-                    // Usernames are case-sensitive, but one bucket for all spellings of a
-                    // name keeps a guesser from multiplying its allowance.
-                    check_rate(&s.limits, Class::LoginUser, &login.username.to_lowercase())?;
-                    let result = s.auth.login(&login.username, &login.password).await?;
-                    Ok(json_reply(StatusCode::OK, &json!(result)))
-                }
-                .await,
+                log_in(&s, &b)
+                    .await
+                    .map(|result| json_reply(StatusCode::OK, &json!(result))),
             )
         });
     let create_key = warp::path!("auth" / "api-keys")

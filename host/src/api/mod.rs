@@ -14,7 +14,8 @@ mod server;
 mod system;
 mod tasks;
 mod ws;
-pub use ws::{Dialect, open_dialect};
+pub use auth_routes::log_in;
+pub use ws::{Dialect, DialectOpening, open_dialect};
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -173,7 +173,7 @@ fn start_session(
             session(
                 socket,
                 connection,
-                Some(hello),
+                vec![hello],
                 replay,
                 state,
                 credentials,
@@ -232,29 +232,41 @@ pub trait Dialect: Send + 'static {
     ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
 }
 
-/// Opens a stream in `dialect` on `topics` (no replay, no first frame of ours), with the same
+/// A dialect stream's opening: what it follows, and what it says first once subscribed.
+pub trait DialectOpening: Send {
+    fn topics(&self) -> Vec<String>;
+    /// The frames sent before live ones (a greeting, or the end of a task already finished),
+    /// from the connection just subscribed.
+    fn first_frames<'a>(
+        &'a mut self,
+        connection: &'a StreamConnection,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Value>, ApiError>> + Send + 'a>>;
+}
+
+/// Opens a stream in `dialect` (no replay, none of the host's own frames), with the same
 /// admission, limits, heartbeats and credential checks as the host's own streams. `known` are
 /// the query parameters the dialect's clients send.
-pub async fn open_dialect(
+pub async fn open_dialect<D: Dialect + DialectOpening>(
     state: AppState,
     credentials: Credentials,
     raw: &str,
     known: &[&str],
     ws: Option<Ws>,
-    topics: Vec<String>,
-    dialect: Box<dyn Dialect>,
+    mut dialect: D,
 ) -> Result<Response, ApiError> {
     let (_, ws, mut connection) = admit(&state, &credentials, raw, known, ws).await?;
-    connection.subscribe(&topics, None).await?;
+    connection.subscribe(&dialect.topics(), None).await?;
+    let first = dialect.first_frames(&connection).await?;
     use warp::Reply;
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| {
+            let dialect: Box<dyn Dialect> = Box::new(dialect);
             session(
                 socket,
                 connection,
-                None,
+                first,
                 None,
                 state,
                 credentials,
@@ -408,7 +420,7 @@ impl Session {
 async fn session(
     socket: WebSocket,
     connection: StreamConnection,
-    hello: Option<Value>,
+    hello: Vec<Value>,
     replay: Option<Replay>,
     state: AppState,
     credentials: Credentials,
@@ -432,7 +444,7 @@ async fn session(
     let mut session = Session {
         sink,
         connection,
-        last_seq: hello.as_ref().and_then(|h| h["seq"].as_u64()).unwrap_or(0),
+        last_seq: hello.first().and_then(|h| h["seq"].as_u64()).unwrap_or(0),
         write_timeout: (heartbeat * 2).max(Duration::from_secs(10)),
         buffer_frames: state.streams.config().buffer_frames,
         dialect,
@@ -461,16 +473,16 @@ async fn session(
 async fn run(
     session: &mut Session,
     client_frames: &mut mpsc::Receiver<Option<Message>>,
-    hello: Option<Value>,
+    hello: Vec<Value>,
     replay: Option<Replay>,
     state: &AppState,
     credentials: &Credentials,
 ) -> Stop {
     let heartbeat = state.streams.config().heartbeat_interval();
-    if let Some(hello) = hello
-        && let Err(stop) = session.send_json(&hello).await
-    {
-        return stop;
+    for frame in &hello {
+        if let Err(stop) = session.send_json(frame).await {
+            return stop;
+        }
     }
     if let Some(mut replay) = replay
         && let Err(stop) = session.send_replay(&mut replay).await

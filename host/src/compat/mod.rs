@@ -7,9 +7,6 @@
 //! Parsing is lenient on façade routes only: fields the engine has no use for are kept with
 //! the task, never refused. Everywhere else the API stays strict.
 
-pub mod agent_tracker;
-pub mod teamcache;
-
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +24,7 @@ use crate::auth::{ImportedKey, ImportedKeys, Principal};
 #[serde(deny_unknown_fields, default)]
 pub struct CompatConfig {
     pub agent_tracker: agent_tracker::AgentTrackerConfig,
+    pub build_analysis: build_analysis::BuildAnalysisConfig,
     pub teamcache: teamcache::TeamCacheConfig,
 }
 
@@ -39,9 +37,10 @@ pub trait FacadeSettings {
 }
 
 impl CompatConfig {
-    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 2] {
+    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 3] {
         [
             ("compat.agent_tracker", &self.agent_tracker),
+            ("compat.build_analysis", &self.build_analysis),
             ("compat.teamcache", &self.teamcache),
         ]
     }
@@ -84,6 +83,9 @@ pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
     if compat.agent_tracker.enabled && compat.agent_tracker.listen.is_none() {
         add(agent_tracker::routes(state.clone()));
     }
+    if compat.build_analysis.enabled && compat.build_analysis.listen.is_none() {
+        add(build_analysis::routes(state.clone()));
+    }
     if compat.teamcache.enabled && compat.teamcache.listen.is_none() {
         add(teamcache::routes(state.clone(), false));
     }
@@ -94,6 +96,7 @@ pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
 pub fn routes_of(state: &AppState, section: &str) -> Option<BoxedFilter<(Response,)>> {
     match section {
         "compat.agent_tracker" => Some(agent_tracker::routes(state.clone())),
+        "compat.build_analysis" => Some(build_analysis::routes(state.clone())),
         "compat.teamcache" => Some(teamcache::routes(state.clone(), true)),
         _ => None,
     }
@@ -119,6 +122,51 @@ pub async fn caller(
     check_rate(&state.limits, Class::Principal, &principal.name)?;
     Ok(principal)
 }
+
+/// The credentials of a façade request, in any of the styles [`caller`] takes.
+pub fn credentials(headers: &HeaderMap, raw_query: &str) -> Credentials {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Credentials::from_request(header("authorization"), header("x-api-key"), raw_query)
+}
+
+/// The integer progress the seeds show: the percentage reported, 100 once completed.
+pub fn integer_progress(task: &crate::model::Task) -> u64 {
+    if task.status == crate::model::TaskStatus::Completed {
+        return 100;
+    }
+    task.progress
+        .percentage
+        .map_or(0, |p| p.clamp(0.0, 100.0).round() as u64)
+}
+
+/// Implements [`FacadeSettings`] for a section with `enabled`, `listen` and `api_keys`.
+macro_rules! facade_settings {
+    ($section:ty) => {
+        impl $crate::compat::FacadeSettings for $section {
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+
+            fn listen(&self) -> Option<std::net::SocketAddr> {
+                self.listen
+            }
+
+            fn api_keys(&self) -> &[$crate::auth::ImportedKey] {
+                &self.api_keys
+            }
+        }
+    };
+}
+pub(crate) use facade_settings;
+
+pub mod agent_tracker;
+pub mod build_analysis;
+pub mod teamcache;
 
 /// The request parts façade handlers read: headers and the raw query.
 pub fn request_parts()

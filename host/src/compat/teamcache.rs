@@ -17,7 +17,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::{FacadeSettings, caller, request_parts};
+use super::{caller, request_parts};
 use crate::api::{ApiError, AppState, json_reply};
 use crate::auth::{ImportedKey, Principal};
 use crate::engine::{EngineError, NewTask};
@@ -52,19 +52,7 @@ impl Default for TeamCacheConfig {
     }
 }
 
-impl FacadeSettings for TeamCacheConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn listen(&self) -> Option<SocketAddr> {
-        self.listen
-    }
-
-    fn api_keys(&self) -> &[ImportedKey] {
-        &self.api_keys
-    }
-}
+super::facade_settings!(TeamCacheConfig);
 
 const TASK_TYPE: &str = "warm";
 /// Throughput older than this is not shown, as the gateway did.

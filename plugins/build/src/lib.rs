@@ -31,7 +31,7 @@ use taskhost_plugin_sdk::{
     string_list,
 };
 
-use plan::{FRAMEWORKS, Framework};
+use plan::{APPLICATION_FRAMEWORKS, FRAMEWORKS, Framework};
 use summary::TestCounts;
 
 /// The plugin (public so that a native build, which exports nothing, still checks it all).
@@ -40,6 +40,11 @@ pub struct Build;
 fn input_schema() -> Value {
     let text = json!({"type": "string", "minLength": 1, "maxLength": 512});
     let steps = runners::steps_schema(50);
+    let frameworks: Vec<&str> = FRAMEWORKS
+        .iter()
+        .copied()
+        .chain(APPLICATION_FRAMEWORKS.iter().map(|(name, _)| *name))
+        .collect();
     json!({
         "type": "object",
         "properties": {
@@ -48,7 +53,7 @@ fn input_schema() -> Value {
             "parameters": {
                 "type": "object",
                 "properties": {
-                    "framework": {"enum": FRAMEWORKS},
+                    "framework": {"enum": frameworks, "description": "a toolchain, an application framework (its toolchain), or auto (the default): chosen on the runner from the source's files"},
                     "source": {"type": "string", "minLength": 1, "maxLength": 4096},
                     "labels": {"type": "array", "items": text, "maxItems": 32},
                     "setup": steps,
@@ -59,12 +64,12 @@ fn input_schema() -> Value {
                     "env": {"type": "object", "additionalProperties": {"type": "string"}},
                     "artifacts": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 1024}, "maxItems": 32},
                     "timeout_s": {"type": "integer", "minimum": 1, "maximum": 604_800},
+                    "extra": {"type": "object", "description": "the client's other parameters (database, include_tests…), kept with the task and not used by the build"},
                 },
-                "required": ["framework"],
                 "additionalProperties": false,
             },
         },
-        "required": ["project_name", "parameters"],
+        "required": ["project_name"],
         "additionalProperties": false,
     })
 }
@@ -81,15 +86,20 @@ fn plan_of(input: &Value, config: &BTreeMap<String, String>) -> Result<BuildPlan
         .as_str()
         .ok_or_else(|| TaskError::invalid_input("project_name is required"))?;
     let parameters = &input["parameters"];
-    let framework = parameters["framework"]
-        .as_str()
-        .and_then(Framework::parse)
-        .ok_or_else(|| {
+    let framework = match parameters["framework"].as_str() {
+        None => Framework::Auto,
+        Some(name) => Framework::from_client(name).ok_or_else(|| {
             TaskError::invalid_input(format!(
-                "parameters.framework is one of {}",
-                FRAMEWORKS.join(", ")
+                "parameters.framework is one of {}, or an application framework ({})",
+                FRAMEWORKS.join(", "),
+                APPLICATION_FRAMEWORKS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
-        })?;
+        })?,
+    };
     let source = match parameters["source"].as_str() {
         Some(source) => source.to_owned(),
         None => config
@@ -179,13 +189,26 @@ fn totals(plan: &BuildPlan, state: &JobState) -> (Option<TestCounts>, Option<f64
     (total, coverage)
 }
 
+/// The toolchain that ran: the planned one, or what `auto` chose on the runner.
+fn framework_run(plan: &BuildPlan, state: &JobState) -> &'static str {
+    match plan.framework {
+        Framework::Auto => state
+            .steps
+            .iter()
+            .find_map(|s| plan::detected(&s.output_tail))
+            .map_or("auto", Framework::name),
+        other => other.name(),
+    }
+}
+
 fn result_of(plan: &BuildPlan, state: &JobState, input: &Value) -> Value {
     let (tests, coverage) = totals(plan, state);
     let duration_ms: u64 = state.steps.iter().map(|s| s.duration_ms).sum();
     json!({
         "project_name": input["project_name"],
         "goal": input["goal"],
-        "framework": plan.framework.name(),
+        "framework": framework_run(plan, state),
+        "requested_framework": input["parameters"]["framework"],
         "status": runners::status_name(state.status),
         "runner_id": state.runner_id,
         "delegation_id": state.id,

@@ -9,8 +9,11 @@
 //! | go | `go build ./...`, `go test -v ./...` (`-cover` with `coverage`) | `go` |
 //! | make | `make`, `make test` | `make` |
 //! | steps | the `steps` given | none |
+//! | auto | one `sh` step that looks at the source and runs the row above it matches | none |
 //!
-//! `setup` steps run before the planned ones; `labels` replaces the default label.
+//! `setup` steps run before the planned ones; `labels` replaces the default label. A client
+//! that names an application framework (`fastapi`, `express`, `axum`…) gets the toolchain
+//! that tests it ([`APPLICATION_FRAMEWORKS`]); one that names none gets `auto`.
 
 use taskhost_plugin_sdk::runners::{self, JobStep};
 use taskhost_plugin_sdk::{TaskError, Value, string_list};
@@ -25,9 +28,52 @@ pub enum Framework {
     Go,
     Make,
     Steps,
+    /// Chosen on the runner from the files the source holds.
+    Auto,
 }
 
-pub const FRAMEWORKS: &[&str] = &["cargo", "npm", "pytest", "go", "make", "steps"];
+pub const FRAMEWORKS: &[&str] = &["cargo", "npm", "pytest", "go", "make", "steps", "auto"];
+
+/// Application frameworks clients name, with the toolchain that builds and tests them.
+pub const APPLICATION_FRAMEWORKS: &[(&str, Framework)] = &[
+    ("fastapi", Framework::Pytest),
+    ("flask", Framework::Pytest),
+    ("django", Framework::Pytest),
+    ("starlette", Framework::Pytest),
+    ("express", Framework::Npm),
+    ("nestjs", Framework::Npm),
+    ("nextjs", Framework::Npm),
+    ("react", Framework::Npm),
+    ("vue", Framework::Npm),
+    ("actix", Framework::Cargo),
+    ("axum", Framework::Cargo),
+    ("rocket", Framework::Cargo),
+    ("gin", Framework::Go),
+    ("echo", Framework::Go),
+    ("fiber", Framework::Go),
+];
+
+/// What `auto` runs: the first toolchain whose files the source has, announced last (so the
+/// output's tail keeps it) as `taskhost-build: framework=<name>`.
+const DETECT: &str = r#"fw=none
+trap 'echo "taskhost-build: framework=$fw"' EXIT
+if [ -f Cargo.toml ]; then fw=cargo; cargo build --all-targets && cargo test
+elif [ -f package.json ]; then fw=npm; npm install --no-audit --no-fund && npm test
+elif [ -f go.mod ]; then fw=go; go build ./... && go test -v ./...
+elif [ -f pyproject.toml ] || [ -f setup.py ] || [ -f pytest.ini ] || [ -d tests ] || ls test_*.py >/dev/null 2>&1; then fw=pytest; python3 -m pytest -ra
+elif [ -f Makefile ]; then fw=make; make && make test
+else echo "no Cargo.toml, package.json, go.mod, Python tests or Makefile in $(pwd)" >&2; exit 2
+fi"#;
+
+/// The toolchain `auto` chose, from the output of its step.
+pub fn detected(output: &str) -> Option<Framework> {
+    output
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("taskhost-build: framework="))
+        .and_then(Framework::parse)
+        .filter(|f| *f != Framework::Auto)
+}
 
 impl Framework {
     pub fn parse(name: &str) -> Option<Self> {
@@ -38,7 +84,18 @@ impl Framework {
             "go" => Self::Go,
             "make" => Self::Make,
             "steps" => Self::Steps,
+            "auto" => Self::Auto,
             _ => return None,
+        })
+    }
+
+    /// A toolchain or an application framework's toolchain.
+    pub fn from_client(name: &str) -> Option<Self> {
+        Self::parse(name).or_else(|| {
+            APPLICATION_FRAMEWORKS
+                .iter()
+                .find(|(app, _)| *app == name)
+                .map(|(_, toolchain)| *toolchain)
         })
     }
 
@@ -50,6 +107,7 @@ impl Framework {
             Self::Go => "go",
             Self::Make => "make",
             Self::Steps => "steps",
+            Self::Auto => "auto",
         }
     }
 
@@ -60,7 +118,7 @@ impl Framework {
             Self::Pytest => "python",
             Self::Go => "go",
             Self::Make => "make",
-            Self::Steps => return Vec::new(),
+            Self::Steps | Self::Auto => return Vec::new(),
         };
         vec![label.to_owned()]
     }
@@ -71,7 +129,7 @@ impl Framework {
             Self::Npm => Format::Npm,
             Self::Pytest => Format::Pytest,
             Self::Go => Format::Go,
-            Self::Make | Self::Steps => Format::Any,
+            Self::Make | Self::Steps | Self::Auto => Format::Any,
         }
     }
 }
@@ -163,6 +221,36 @@ pub fn plan(
             steps.extend(given);
             None
         }
+        Framework::Auto => {
+            steps.push(step("test", argv(&["sh", "-c", DETECT], &[]), test_timeout));
+            Some("test")
+        }
     };
     Ok((steps, test_step))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskhost_plugin_sdk::json;
+
+    #[test]
+    fn an_application_framework_builds_with_its_toolchain_and_none_detects_on_the_runner() {
+        assert_eq!(Framework::from_client("fastapi"), Some(Framework::Pytest));
+        assert_eq!(Framework::from_client("axum"), Some(Framework::Cargo));
+        assert_eq!(Framework::from_client("cargo"), Some(Framework::Cargo));
+        assert_eq!(Framework::from_client("cobol"), None);
+        let (steps, test_step) = plan(Framework::Auto, &json!({})).expect("planned");
+        assert_eq!((steps.len(), test_step), (1, Some("test")));
+        assert_eq!(steps[0].command[..2], ["sh".to_owned(), "-c".to_owned()]);
+        assert!(Framework::Auto.default_labels().is_empty(), "any runner");
+    }
+
+    #[test]
+    fn the_detected_toolchain_is_read_from_the_last_announcement() {
+        let output = "===== 3 passed in 0.02s =====\ntaskhost-build: framework=pytest\n";
+        assert_eq!(detected(output), Some(Framework::Pytest));
+        assert_eq!(detected("taskhost-build: framework=none\n"), None);
+        assert_eq!(detected("no announcement"), None);
+    }
 }

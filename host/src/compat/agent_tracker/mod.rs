@@ -22,7 +22,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use super::{FacadeSettings, caller, request_parts};
+use super::{caller, request_parts};
 use crate::api::{ApiError, AppState, json_reply, respond};
 use crate::auth::{ImportedKey, Principal};
 use crate::model::{Task, TaskStatus};
@@ -52,19 +52,7 @@ impl Default for AgentTrackerConfig {
     }
 }
 
-impl FacadeSettings for AgentTrackerConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn listen(&self) -> Option<SocketAddr> {
-        self.listen
-    }
-
-    fn api_keys(&self) -> &[ImportedKey] {
-        &self.api_keys
-    }
-}
+super::facade_settings!(AgentTrackerConfig);
 
 /// The task type of tracked tasks.
 const TASK_TYPE: &str = "task";
@@ -101,15 +89,7 @@ fn seed_status(status: TaskStatus) -> &'static str {
     }
 }
 
-/// The seed's integer progress: the percentage reported, 100 once completed.
-fn seed_progress(task: &Task) -> u64 {
-    if task.status == TaskStatus::Completed {
-        return 100;
-    }
-    task.progress
-        .percentage
-        .map_or(0, |p| p.clamp(0.0, 100.0).round() as u64)
-}
+use super::integer_progress as seed_progress;
 
 fn label<'t>(task: &'t Task, key: &str) -> Option<&'t str> {
     task.labels.get(key).map(String::as_str)

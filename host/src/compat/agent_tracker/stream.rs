@@ -13,7 +13,7 @@ use warp::reply::Response;
 use warp::ws::Ws;
 
 use super::{Tracker, label, seed_progress};
-use crate::api::{ApiError, Credentials, Dialect, open_dialect};
+use crate::api::{ApiError, Dialect, DialectOpening, open_dialect};
 use crate::model::Task;
 use crate::streams::StreamConnection;
 
@@ -26,13 +26,7 @@ pub(super) async fn open(
     raw: &str,
     ws: Option<Ws>,
 ) -> Result<Response, ApiError> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let credentials = Credentials::from_request(header("authorization"), header("x-api-key"), raw);
+    let credentials = crate::compat::credentials(headers, raw);
     let project = url::form_urlencoded::parse(raw.as_bytes())
         .find(|(k, _)| k == "project")
         .map(|(_, v)| v.into_owned())
@@ -44,6 +38,7 @@ pub(super) async fn open(
     let dialect = TrackerFeed {
         plugin: t.plugin.clone(),
         remembered: HashMap::new(),
+        topics,
     };
     open_dialect(
         t.state.clone(),
@@ -51,8 +46,7 @@ pub(super) async fn open(
         raw,
         &["api_key", "token", "project"],
         ws,
-        topics,
-        Box::new(dialect),
+        dialect,
     )
     .await
 }
@@ -60,6 +54,21 @@ pub(super) async fn open(
 struct TrackerFeed {
     plugin: String,
     remembered: HashMap<String, Option<Task>>,
+    topics: Vec<String>,
+}
+
+impl DialectOpening for TrackerFeed {
+    fn topics(&self) -> Vec<String> {
+        self.topics.clone()
+    }
+
+    /// The tracker said nothing on connecting.
+    fn first_frames<'a>(
+        &'a mut self,
+        _: &'a StreamConnection,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Value>, ApiError>> + Send + 'a>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 impl TrackerFeed {
