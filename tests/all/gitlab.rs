@@ -22,8 +22,8 @@ enum Fault {
 }
 
 #[derive(Clone, Debug)]
-struct Seen {
-    path: String,
+pub struct Seen {
+    pub path: String,
     query: BTreeMap<String, String>,
     authorized: bool,
     at: Instant,
@@ -40,8 +40,8 @@ struct FakeState {
 
 /// A GitLab v4 API on 127.0.0.1 with offset pagination (`page`, `per_page`, `X-Total`,
 /// `X-Next-Page`, `Link`) and keyset pagination (`pagination=keyset`, `id_after`, `Link`).
-struct FakeGitlab {
-    addr: SocketAddr,
+pub struct FakeGitlab {
+    pub addr: SocketAddr,
     state: Arc<FakeState>,
 }
 
@@ -209,7 +209,7 @@ fn respond(
 }
 
 impl FakeGitlab {
-    async fn start(token: &str) -> Self {
+    pub async fn start(token: &str) -> Self {
         let mut state = FakeState {
             token: token.to_owned(),
             ..FakeState::default()
@@ -320,7 +320,7 @@ impl FakeGitlab {
             .insert(path_and_page.to_owned(), faults.iter().cloned().collect());
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
 
@@ -328,12 +328,12 @@ impl FakeGitlab {
         self.state.seen.lock().unwrap().clear();
     }
 
-    fn endpoint(&self) -> String {
+    pub fn endpoint(&self) -> String {
         format!("http://{}/api/v4", self.addr)
     }
 }
 
-fn token() -> String {
+pub fn token() -> String {
     format!("glpat-{}", "Fk3Tq8Wz1Pd6Rm4Jx2Lc")
 }
 

@@ -133,6 +133,7 @@ impl TestServer {
                 "compat.agent_tracker" => config.compat.agent_tracker.listen = Some(bound),
                 "compat.teamcache" => config.compat.teamcache.listen = Some(bound),
                 "compat.build_analysis" => config.compat.build_analysis.listen = Some(bound),
+                "compat.gitlab_crawler" => config.compat.gitlab_crawler.listen = Some(bound),
                 _ => {}
             }
         }

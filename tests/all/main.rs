@@ -12,6 +12,7 @@ mod cluster_plugins;
 mod cluster_runners;
 mod compat_agent_tracker;
 mod compat_build_analysis;
+mod compat_gitlab_crawler;
 mod compat_teamcache;
 mod contract;
 mod crash;

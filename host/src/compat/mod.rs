@@ -23,6 +23,7 @@ use crate::auth::{ImportedKey, ImportedKeys, Principal};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompatConfig {
+    pub gitlab_crawler: gitlab_crawler::GitlabCrawlerConfig,
     pub agent_tracker: agent_tracker::AgentTrackerConfig,
     pub build_analysis: build_analysis::BuildAnalysisConfig,
     pub teamcache: teamcache::TeamCacheConfig,
@@ -37,8 +38,9 @@ pub trait FacadeSettings {
 }
 
 impl CompatConfig {
-    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 3] {
+    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 4] {
         [
+            ("compat.gitlab_crawler", &self.gitlab_crawler),
             ("compat.agent_tracker", &self.agent_tracker),
             ("compat.build_analysis", &self.build_analysis),
             ("compat.teamcache", &self.teamcache),
@@ -80,6 +82,9 @@ pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
             None => routes,
         });
     };
+    if compat.gitlab_crawler.enabled && compat.gitlab_crawler.listen.is_none() {
+        add(gitlab_crawler::routes(state.clone()));
+    }
     if compat.agent_tracker.enabled && compat.agent_tracker.listen.is_none() {
         add(agent_tracker::routes(state.clone()));
     }
@@ -95,6 +100,7 @@ pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
 /// The routes a façade's own listener serves, by section name.
 pub fn routes_of(state: &AppState, section: &str) -> Option<BoxedFilter<(Response,)>> {
     match section {
+        "compat.gitlab_crawler" => Some(gitlab_crawler::routes(state.clone())),
         "compat.agent_tracker" => Some(agent_tracker::routes(state.clone())),
         "compat.build_analysis" => Some(build_analysis::routes(state.clone())),
         "compat.teamcache" => Some(teamcache::routes(state.clone(), true)),
@@ -166,6 +172,7 @@ pub(crate) use facade_settings;
 
 pub mod agent_tracker;
 pub mod build_analysis;
+pub mod gitlab_crawler;
 pub mod teamcache;
 
 /// The request parts façade handlers read: headers and the raw query.

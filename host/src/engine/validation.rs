@@ -19,11 +19,10 @@ const MAX_REPORTERS: usize = 16;
 const MAX_TITLE_CHARS: usize = 200;
 
 impl Engine {
-    /// JSON pointers of the input fields the task type's schema marks `writeOnly`.
+    /// JSON pointers of the input fields the task type's schema marks `writeOnly`: of a loaded
+    /// plugin's task type, whoever runs it (a crawler reporting on a `gitlab` task keeps its
+    /// token masked too).
     pub(super) fn secret_paths_of(&self, new: &NewTask) -> Vec<String> {
-        if new.executor == Executor::External {
-            return Vec::new();
-        }
         self.inner
             .registry
             .get(&new.plugin)
