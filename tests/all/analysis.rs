@@ -489,3 +489,59 @@ async fn analysis_refuses_paths_that_leave_the_root_and_fails_clearly_without_a_
     assert_eq!(done["error"]["code"], "PROJECT_NOT_FOUND", "{done}");
     assert_eq!(done["attempt"], 1, "not retried: {done}");
 }
+
+#[tokio::test]
+async fn secrets_in_submitted_text_and_in_a_tasks_log_are_found_masked() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let github = format!("ghp_{}", "R8mQ2vX7kL4pN9sT1wZ6yB3cD5fG0hJ2aE4u");
+    let aws = "AKIAZ7Q4R2X9M3KD8W1P";
+    let text = format!(
+        "deploy.sh\nexport GITHUB_TOKEN={github}\nexport AWS_ACCESS_KEY_ID={aws}\necho done\n"
+    );
+    let scan = api
+        .create(json!({"plugin": "analysis", "type": "secret_scan", "input": {"content": text, "name": "deploy.sh"}}))
+        .await;
+    assert_eq!(
+        scan["input"]["content"], "***",
+        "the text is sealed like any secret: {scan}"
+    );
+    let done = api.finished(scan["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["result"];
+    assert_eq!(result["count"], 2, "{result}");
+    let lines: Vec<u64> = result["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3]);
+    assert!(
+        !done.to_string().contains(&github) && !done.to_string().contains(aws),
+        "masked: {done}"
+    );
+
+    // A task whose output carries a token nobody declared secret: its log is scanned.
+    let leaky = api
+        .create(json!({"plugin": "testkit", "type": "host_calls", "input": {"stdout": format!("using {github}")}}))
+        .await;
+    let leaky_id = leaky["id"].as_str().unwrap().to_owned();
+    api.finished(&leaky_id).await;
+    let (status, log_scan) = api
+        .post(&format!("/api/v1/tasks/{leaky_id}/secret-scan"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{log_scan}");
+    assert_eq!(log_scan["labels"]["scanned_task"], leaky_id.as_str());
+    let scanned = api.finished(log_scan["id"].as_str().unwrap()).await;
+    assert_eq!(
+        scanned["result"]["count"], 2,
+        "its stdout and stderr lines: {scanned}"
+    );
+    assert_eq!(scanned["result"]["name"], format!("log of {leaky_id}"));
+    assert!(!scanned.to_string().contains(&github));
+    let (status, body) = api
+        .post("/api/v1/tasks/no-such-task/secret-scan", json!({}))
+        .await;
+    assert_error(status, &body, 404, "TASK_NOT_FOUND");
+}

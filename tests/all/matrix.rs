@@ -294,6 +294,12 @@ const EXPECTED: &[(&str, &str, &str, [&str; 6])] = &[
         ["401", "ok", "ok", "ok", "401", "ok"],
     ),
     (
+        "post",
+        "/api/v1/tasks/{id}/secret-scan",
+        "",
+        ["401", "404", "404", "404", "401", "ok"],
+    ),
+    (
         "get",
         "/api/v1/projects",
         "",

@@ -422,6 +422,14 @@ pub const ROUTES: &[Route] = &[
         "Stats",
     ),
     route(
+        "post",
+        "/api/v1/tasks/{id}/secret-scan",
+        "Scan the task's log for hard-coded secrets (a secret_scan task of the analysis plugin)",
+        202,
+        None,
+        "Task",
+    ),
+    route(
         "get",
         "/api/v1/projects",
         "Projects: values of the project label with task counts (sort, order, limit, offset)",

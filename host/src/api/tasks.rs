@@ -282,6 +282,20 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 )
             },
         );
+    // A scan of the task's log for secrets, run as a task of its own.
+    let secret_scan = task("secret-scan")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .then(|id: String, p: Principal, s: AppState| async move {
+            respond(
+                s.engine
+                    .scan_log_for_secrets(&p, &id)
+                    .await
+                    .map(|scan| json_reply(StatusCode::ACCEPTED, &policy::task_view(&p, &scan)))
+                    .map_err(Into::into),
+            )
+        });
     let message = task("messages")
         .and(warp::post())
         .and(auth.clone())
@@ -313,6 +327,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(update)
         .unify()
         .or(error_record)
+        .unify()
+        .or(secret_scan)
         .unify()
         .or(control("pause"))
         .unify()

@@ -16,6 +16,7 @@ mod projects;
 mod queues;
 mod reports;
 mod retention;
+mod scans;
 mod scheduler;
 mod scheduling;
 mod services;

@@ -34,6 +34,7 @@
 mod functions;
 mod lang;
 mod report;
+mod secret_scan;
 mod security;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -210,17 +211,28 @@ impl Plugin for Analysis {
             "Analyses the tree at `path` or `project_name` under the granted source root",
             input_schema(),
         ))
+        .task_type(TaskType::new(
+            "secret_scan",
+            "Finds hard-coded secrets in submitted text (a file, a diff, a log), masked",
+            secret_scan::input_schema(),
+        ))
     }
 
     fn validate(
-        _task_type: &str,
+        task_type: &str,
         input: &Value,
         config: &BTreeMap<String, String>,
     ) -> Result<(), TaskError> {
+        if task_type == "secret_scan" {
+            return Ok(());
+        }
         Job::parse(input, config).map(|_| ())
     }
 
     fn run(ctx: Context) -> Result<Value, TaskError> {
+        if ctx.task_type == "secret_scan" {
+            return secret_scan::run(&ctx.input);
+        }
         let job = Job::parse(&ctx.input, &ctx.config)?;
         Progress::new().step("Listing files").report();
         let files = list_files(&job)?;
