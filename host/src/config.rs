@@ -267,9 +267,10 @@ impl Config {
                 "engine: lease_s must be at least 2, claim_poll_ms between 10 and 60000".into(),
             ));
         }
-        // Keys from the environment are only read at start; their form is checked here.
+        // Keys from the environment are only read at start; their form is checked here, with
+        // a stand-in per variable (so two variables are two keys, one variable twice one).
         self.compat
-            .imported_keys(&|_| Some("set-at-start".into()))
+            .imported_keys(&|var| Some(format!("read-at-start:{var}")))
             .map_err(ConfigError::Invalid)?;
         let mut addresses = vec![self.listen];
         for (section, addr) in self.compat.own_listeners() {

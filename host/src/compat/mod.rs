@@ -180,3 +180,35 @@ pub fn request_parts()
 -> impl Filter<Extract = (HeaderMap, String), Error = std::convert::Infallible> + Clone {
     warp::header::headers_cloned().and(crate::api::raw_query())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::{ImportedKey, Role};
+    use crate::config::Config;
+
+    fn from_env(var: &str) -> ImportedKey {
+        ImportedKey {
+            key: None,
+            key_env: Some(var.into()),
+            key_sha256: None,
+            user: "client".into(),
+            role: Role::User,
+        }
+    }
+
+    #[test]
+    fn keys_from_two_variables_pass_validation_and_one_variable_twice_does_not() {
+        let mut config = Config::default();
+        config.compat.agent_tracker.enabled = true;
+        config.compat.agent_tracker.api_keys = vec![from_env("API_KEY")];
+        config.compat.teamcache.enabled = true;
+        config.compat.teamcache.api_keys = vec![from_env("API_GATEWAY_KEY")];
+        config.validate().expect("two variables are two keys");
+        config.compat.teamcache.api_keys = vec![from_env("API_KEY")];
+        let error = config.validate().expect_err("one key for two principals");
+        assert!(error.to_string().contains("twice"), "{error}");
+        // A disabled façade's keys are not imported.
+        config.compat.teamcache.enabled = false;
+        config.validate().expect("only enabled façades import keys");
+    }
+}
