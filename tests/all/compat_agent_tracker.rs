@@ -5,7 +5,6 @@
 //! stored. Then the webhooks' edges, the query-string key, the REST views and the façade
 //! mounted on the main listener.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -13,7 +12,7 @@ use taskhost::auth::{ImportedKey, Role};
 use taskhost::config::Config;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::harness::{TestServer, eventually, require_tool};
+use crate::harness::{TestServer, eventually, require_tool, run_client, seed_client};
 
 /// The key the document's examples carry.
 const DOCUMENT_KEY: &str = "your-api-key";
@@ -29,13 +28,6 @@ fn with_tracker(config: &mut Config, own_listener: bool) {
         user: "tracker".into(),
         role: Role::User,
     }];
-}
-
-fn seed_client(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/seed-clients/agent_tracker")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A façade request with the imported key.
@@ -79,7 +71,7 @@ async fn the_documents_python_and_javascript_clients_track_a_task_unchanged() {
 
     // The JavaScript client follows my-project; appended lines ask for the projects once the
     // task has finished, and stop.
-    let script = seed_client("client.js").replace("http://localhost:8000", &base)
+    let script = seed_client("agent_tracker", "client.js").replace("http://localhost:8000", &base)
         + r#"
 const shown = client.ws.onmessage;
 client.ws.onmessage = (event) => {
@@ -115,7 +107,7 @@ setTimeout(() => { console.log('TIMED OUT'); process.exit(3); }, 60000);
 
     // The Python client, then appended calls through its own class (and a status update in
     // the document's shape).
-    let python = seed_client("client.py").replace("http://localhost:8000", &base)
+    let python = seed_client("agent_tracker", "client.py").replace("http://localhost:8000", &base)
         + r#"
 import json
 print("START " + json.dumps(tracker.start_task("my-project", "Refactor the parser", "task-002",
@@ -129,18 +121,12 @@ print("FINISH " + json.dumps(tracker.finish_task("my-project", "Refactor the par
     "claude-3-5-sonnet", "Feature successfully implemented", 3450, {"lines_of_code": 250})))
 "#;
     std::fs::write(work.path().join("client.py"), python).expect("script");
-    let output = tokio::process::Command::new("python3")
-        .arg("client.py")
-        .current_dir(work.path())
-        .output()
-        .await
-        .expect("python runs");
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let printed = run_client(
+        tokio::process::Command::new("python3")
+            .arg("client.py")
+            .current_dir(work.path()),
+    )
+    .await;
     let line = |tag: &str| -> Value {
         let text = printed
             .lines()

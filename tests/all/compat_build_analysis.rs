@@ -13,7 +13,9 @@ use taskhost::config::Config;
 use taskhost::runtime::Grants;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::harness::{RunnerProcess, TestServer, read_only_grants, require_tool};
+use crate::harness::{
+    RunnerProcess, TestServer, read_only_grants, require_tool, run_client, seed_client,
+};
 
 /// A Python project with three passing tests, as `my-app`.
 fn python_project(root: &Path) -> PathBuf {
@@ -45,13 +47,6 @@ fn with_service(config: &mut Config, project: &Path, sources: &Path) {
     config
         .plugins
         .insert("analysis".into(), read_only_grants(sources, "/src", &[]));
-}
-
-fn seed_client(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/seed-clients/build_analysis")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Logs in through the service's own `/auth/login`.
@@ -101,22 +96,13 @@ async fn the_documents_python_and_javascript_clients_build_a_real_project_on_a_r
         .finished(created["task_id"].as_str().unwrap())
         .await;
 
-    let python = seed_client("client.py")
+    let python = seed_client("build_analysis", "client.py")
         .replace("localhost:8000", &address)
         .replace("your-jwt-token", &token);
     std::fs::write(work.path().join("client.py"), python).expect("script");
-    let output = tokio::process::Command::new("python3")
+    let printed = run_client(tokio::process::Command::new("python3")
         .args(["-c", "import builtins, time; builtins.time = time; exec(compile(open('client.py').read(), 'client.py', 'exec'))"])
-        .current_dir(work.path())
-        .output()
-        .await
-        .expect("python runs");
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .current_dir(work.path())).await;
     assert!(
         printed.contains("Status: initializing (0%)") || printed.contains("Status: running"),
         "{printed}"
@@ -136,7 +122,7 @@ async fn the_documents_python_and_javascript_clients_build_a_real_project_on_a_r
     }
 
     // The JavaScript example sends no framework at all: the runner finds the Python tests.
-    let script = seed_client("client.js")
+    let script = seed_client("build_analysis", "client.js")
         .replace("localhost:8000", &address)
         .replace("your-jwt-token", &token)
         + r#"

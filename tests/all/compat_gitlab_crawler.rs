@@ -4,7 +4,6 @@
 //! With the plugin executor a real crawl of the GitLab fake runs in the bundled plugin; with
 //! the external one the crawler reports its own progress. The access token never shows.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -15,7 +14,7 @@ use taskhost::runtime::Grants;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::gitlab::{FakeGitlab, token};
-use crate::harness::{TestServer, require_tool};
+use crate::harness::{TestServer, require_tool, run_client, seed_client};
 
 /// The crawler's `CRAWLER_API_TOKEN`.
 const CRAWLER_TOKEN: &str = "crawler-api-token-2025";
@@ -40,13 +39,6 @@ fn with_crawler(config: &mut Config, fake: &FakeGitlab, executor: CrawlExecutor)
     config.plugins.insert("gitlab".into(), grants);
 }
 
-fn seed_client(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/seed-clients/gitlab_crawler")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn envelope(id: &str, fake: &FakeGitlab) -> Value {
     json!({"type": "task", "data": {
         "id": id, "type": "FETCH_PROJECT_DETAILS",
@@ -68,7 +60,7 @@ async fn the_documents_python_class_and_websocket_snippet_see_a_real_crawl() {
     let address = server.facades["compat.gitlab_crawler"].to_string();
     let work = tempfile::tempdir().expect("work dir");
 
-    let snippet = seed_client("client.js")
+    let snippet = seed_client("gitlab_crawler", "client.js")
         .replace("localhost:5173", &address)
         .replace("your-api-token", CRAWLER_TOKEN);
     std::fs::write(
@@ -97,7 +89,7 @@ async fn the_documents_python_class_and_websocket_snippet_see_a_real_crawl() {
     .await
     .expect("the snippet connected");
 
-    let python = seed_client("client.py")
+    let python = seed_client("gitlab_crawler", "client.py")
         + &format!(
             r#"
 import time
@@ -115,18 +107,12 @@ print("PROGRESS " + json.dumps(api.update_progress("task-12345", {{"type": "prog
             envelope = envelope("task-12345", &fake)
         );
     std::fs::write(work.path().join("client.py"), python).expect("script");
-    let output = tokio::process::Command::new("python3")
-        .arg("client.py")
-        .current_dir(work.path())
-        .output()
-        .await
-        .expect("python runs");
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let printed = run_client(
+        tokio::process::Command::new("python3")
+            .arg("client.py")
+            .current_dir(work.path()),
+    )
+    .await;
     let line = |tag: &str| -> Value {
         let text = printed
             .lines()

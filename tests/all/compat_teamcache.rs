@@ -4,14 +4,16 @@
 //! and warm a real tree through the bundled cache plugin. Then the gateway's error shapes,
 //! listing, cancel and its public health.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 use taskhost::auth::{ImportedKey, Role};
 use taskhost::config::Config;
 
 use crate::cache::write_file;
-use crate::harness::{TestServer, read_only_grants, require_tool};
+use crate::harness::{
+    TestServer, read_only_grants, require_tool, run_client, seed_client, seed_clients_dir,
+};
 
 const DOCUMENT_KEY: &str = "demo-api-key-2024";
 
@@ -29,15 +31,6 @@ fn with_gateway(config: &mut Config, root: &Path) {
     config
         .plugins
         .insert("cache".into(), read_only_grants(root, "/cache", &[]));
-}
-
-fn seed_clients() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/seed-clients")
-}
-
-fn seed_client(name: &str) -> String {
-    let path = seed_clients().join("teamcache").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// `00_Media/Farm` with three clips, 6 MiB in all, and a file outside it.
@@ -78,7 +71,7 @@ async fn the_gateways_python_and_node_clients_warm_a_real_tree_unchanged() {
     require_tool("python3", &["-c", "import requests"]);
     require_tool("node", &["--version"]);
     assert!(
-        seed_clients().join("node_modules/axios").is_dir(),
+        seed_clients_dir().join("node_modules/axios").is_dir(),
         "tests/seed-clients/node_modules lacks axios: run the tests with tests/run, which installs it"
     );
     let cache = tempfile::tempdir().expect("cache root");
@@ -90,20 +83,15 @@ async fn the_gateways_python_and_node_clients_warm_a_real_tree_unchanged() {
     let api_url = format!("http://{}/api/v1", server.facades["compat.teamcache"]);
     let work = tempfile::tempdir().expect("work dir");
 
-    let python = seed_client("client.py").replace("http://localhost:8095/api/v1", &api_url);
+    let python =
+        seed_client("teamcache", "client.py").replace("http://localhost:8095/api/v1", &api_url);
     std::fs::write(work.path().join("client.py"), python).expect("script");
-    let output = tokio::process::Command::new("python3")
-        .arg("client.py")
-        .current_dir(work.path())
-        .output()
-        .await
-        .expect("python runs");
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let printed = run_client(
+        tokio::process::Command::new("python3")
+            .arg("client.py")
+            .current_dir(work.path()),
+    )
+    .await;
     let job_id = printed
         .lines()
         .find_map(|l| l.strip_prefix("Created job: "))
@@ -121,7 +109,8 @@ async fn the_gateways_python_and_node_clients_warm_a_real_tree_unchanged() {
     assert_eq!(task["owner"], "teamcache");
 
     // The Node.js example defines two functions; appended lines call them.
-    let node = seed_client("client.js").replace("http://localhost:8095/api/v1", &api_url)
+    let node = seed_client("teamcache", "client.js")
+        .replace("http://localhost:8095/api/v1", &api_url)
         + r#"
 (async () => {
     const created = await createCacheJob(["00_Media/Farm/Farm00102.mov"], []);
@@ -134,19 +123,13 @@ async fn the_gateways_python_and_node_clients_warm_a_real_tree_unchanged() {
 })();
 "#;
     std::fs::write(work.path().join("client.js"), node).expect("script");
-    let output = tokio::process::Command::new("node")
-        .arg("client.js")
-        .current_dir(work.path())
-        .env("NODE_PATH", seed_clients().join("node_modules"))
-        .output()
-        .await
-        .expect("node runs");
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let printed = run_client(
+        tokio::process::Command::new("node")
+            .arg("client.js")
+            .current_dir(work.path())
+            .env("NODE_PATH", seed_clients_dir().join("node_modules")),
+    )
+    .await;
     for expected in [
         "Job created: ",
         "Total size: 2.00 MB",

@@ -785,3 +785,28 @@ pub fn is_terminal_event(frame: &Value) -> bool {
         Some("completed" | "failed" | "cancelled")
     )
 }
+
+/// The text of a seed system's own client, copied verbatim from its API document into
+/// `tests/seed-clients/<seed>/`.
+pub fn seed_client(seed: &str, name: &str) -> String {
+    let path = seed_clients_dir().join(seed).join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `tests/seed-clients`, where the seed clients and their npm packages are.
+pub fn seed_clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/seed-clients")
+}
+
+/// Runs a client program to its end and returns what it printed; fails with its output when
+/// it exits non-zero.
+pub async fn run_client(command: &mut tokio::process::Command) -> String {
+    let output = command.output().await.expect("the client runs");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
+}

@@ -329,47 +329,6 @@ impl Streams {
         lock(&self.hub.state).connections.len()
     }
 
-    /// The connections `principal` may see: all of them with `host_wide`, else their own.
-    pub fn stats(&self, principal: &Principal, host_wide: bool) -> StreamStats {
-        let state = lock(&self.hub.state);
-        let mut stats = StreamStats {
-            uptime_s: self.hub.engine.uptime().as_secs(),
-            ..StreamStats::default()
-        };
-        for subscriber in state.connections.values() {
-            let name = &subscriber.principal.name;
-            if !host_wide && *name != principal.name {
-                continue;
-            }
-            stats.total_connections += 1;
-            *stats.principal_connections.entry(name.clone()).or_default() += 1;
-            let projects: HashSet<&str> = subscriber
-                .topics
-                .iter()
-                .filter_map(|topic| match topic {
-                    Topic::Label(key, value) if key == "project" => Some(value.as_str()),
-                    _ => None,
-                })
-                .collect();
-            for project in projects {
-                *stats
-                    .project_connections
-                    .entry(project.to_owned())
-                    .or_default() += 1;
-            }
-            if !host_wide {
-                stats.messages_sent += subscriber.traffic.sent();
-                stats.messages_received += subscriber.traffic.received();
-            }
-        }
-        if host_wide {
-            stats.messages_sent = self.hub.traffic.sent();
-            stats.messages_received = self.hub.traffic.received();
-            stats.slow_consumers_dropped = Some(self.slow_consumers_dropped());
-        }
-        stats
-    }
-
     /// Connections closed so far because they read too slowly.
     pub fn slow_consumers_dropped(&self) -> u64 {
         self.hub.slow_consumers_dropped.load(Ordering::Relaxed)

@@ -3,10 +3,13 @@
 //! connection counts its own frames (so a principal can be shown theirs alone); the hub also
 //! keeps the totals since it started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+
+use super::{Streams, Topic, lock};
+use crate::auth::Principal;
 
 /// Frames one connection, or the whole hub, sent and received.
 #[derive(Debug, Default)]
@@ -51,4 +54,47 @@ pub struct StreamStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_consumers_dropped: Option<u64>,
     pub uptime_s: u64,
+}
+
+impl Streams {
+    /// The connections `principal` may see: all of them with `host_wide`, else their own.
+    pub fn stats(&self, principal: &Principal, host_wide: bool) -> StreamStats {
+        let state = lock(&self.hub.state);
+        let mut stats = StreamStats {
+            uptime_s: self.hub.engine.uptime().as_secs(),
+            ..StreamStats::default()
+        };
+        for subscriber in state.connections.values() {
+            let name = &subscriber.principal.name;
+            if !host_wide && *name != principal.name {
+                continue;
+            }
+            stats.total_connections += 1;
+            *stats.principal_connections.entry(name.clone()).or_default() += 1;
+            let projects: HashSet<&str> = subscriber
+                .topics
+                .iter()
+                .filter_map(|topic| match topic {
+                    Topic::Label(key, value) if key == "project" => Some(value.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for project in projects {
+                *stats
+                    .project_connections
+                    .entry(project.to_owned())
+                    .or_default() += 1;
+            }
+            if !host_wide {
+                stats.messages_sent += subscriber.traffic.sent();
+                stats.messages_received += subscriber.traffic.received();
+            }
+        }
+        if host_wide {
+            stats.messages_sent = self.hub.traffic.sent();
+            stats.messages_received = self.hub.traffic.received();
+            stats.slow_consumers_dropped = Some(self.slow_consumers_dropped());
+        }
+        stats
+    }
 }
