@@ -643,6 +643,14 @@ async fn logs_records_and_progress_of_a_run_are_served() {
         messages.contains(&"host_calls: logging works"),
         "{messages:?}"
     );
+    // A plugin's line belongs to the step it last reported.
+    let logged = logs["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|l| l["message"] == "host_calls: logging works")
+        .expect("the line");
+    assert_eq!(logged["step"], "calling the host", "{logged}");
     assert!(
         messages.contains(&"stdout: hello from the guest"),
         "{messages:?}"

@@ -88,6 +88,23 @@ async fn the_runner_binary_runs_a_delegated_job_on_the_runner_whose_labels_match
         assert!(logs.contains(&line), "{line:?} not in the log: {logs}");
     }
     assert!(!logs.contains(&key), "the API key leaked into the log");
+    // Each line is placed in the step that printed it.
+    let (_, page) = api
+        .get(&format!("/api/v1/tasks/{id}/logs?limit=1000"))
+        .await;
+    let step_of = |text: &str| {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["message"].as_str().unwrap().contains(text))
+            .map(|l| l["step"].clone())
+            .unwrap_or_else(|| panic!("no line with {text:?}: {page}"))
+    };
+    assert_eq!(step_of("hello from job"), "hello");
+    assert_eq!(step_of("to-stderr"), "hello");
+    assert_eq!(step_of("step package exited with 0"), "package");
+    assert_eq!(step_of("$ sh -c mkdir"), "package");
     assert!(
         !plain.log().contains("job started"),
         "the runner without the rust label took no job: {}",

@@ -170,7 +170,7 @@ async fn a_delegated_job_runs_on_the_runner_whose_labels_match_and_reports_into_
 }
 
 #[tokio::test]
-async fn a_lapsed_lease_puts_the_job_back_and_another_runner_finishes_it() {
+async fn a_lapsed_lease_puts_the_job_back_and_another_runner_finishes_it_and_labels_the_task() {
     let server = TestServer::builder()
         .config(|c| c.runners.lease_s = 1)
         .start()
@@ -203,6 +203,30 @@ async fn a_lapsed_lease_puts_the_job_back_and_another_runner_finishes_it() {
     let done = api.finished(id).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"]["runner_id"], second.id.as_str());
+
+    // The task is labelled with the runner that last took its job, and listed by it.
+    assert_eq!(done["labels"]["taskhost/runner"], second.id.as_str());
+    let api = &api;
+    let listed = |runner: &str| {
+        let path = format!("/api/v1/tasks?label.taskhost/runner={runner}");
+        async move {
+            let (status, page) = api.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&second.id).await, [id]);
+    assert!(listed(&first.id).await.is_empty());
+    // Clients filter by the host's labels but do not set them.
+    let mut forged = delegate(&["linux"], &["make"]);
+    forged["labels"] = json!({"taskhost/runner": first.id});
+    let (status, body) = api.post("/api/v1/tasks", forged).await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
 }
 
 #[tokio::test]

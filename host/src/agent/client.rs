@@ -36,6 +36,9 @@ pub struct Registration {
 pub struct LogLine {
     pub stream: &'static str,
     pub line: String,
+    /// The step that printed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 #[derive(Clone)]

@@ -116,6 +116,7 @@ impl JobRun {
                 .send(LogLine {
                     stream: "stderr",
                     line: message.clone(),
+                    step: Some("prepare".into()),
                 })
                 .await;
             let outcome = StepOutcome {
@@ -256,6 +257,7 @@ impl JobRun {
             .send(LogLine {
                 stream: "stdout",
                 line: format!("$ {}", step.command.join(" ")),
+                step: Some(step.name.clone()),
             })
             .await;
         let mut child = match self.spawn(step, dir) {
@@ -267,6 +269,7 @@ impl JobRun {
                     .send(LogLine {
                         stream: "stderr",
                         line: message,
+                        step: Some(step.name.clone()),
                     })
                     .await;
                 return StepEnd::NotStarted;
@@ -274,14 +277,24 @@ impl JobRun {
         };
         let group = child.id();
         let readers = [
-            child
-                .stdout
-                .take()
-                .map(|out| tokio::spawn(forward(out, "stdout", logs.clone(), tail.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|err| tokio::spawn(forward(err, "stderr", logs.clone(), tail.clone()))),
+            child.stdout.take().map(|out| {
+                tokio::spawn(forward(
+                    out,
+                    "stdout",
+                    step.name.clone(),
+                    logs.clone(),
+                    tail.clone(),
+                ))
+            }),
+            child.stderr.take().map(|err| {
+                tokio::spawn(forward(
+                    err,
+                    "stderr",
+                    step.name.clone(),
+                    logs.clone(),
+                    tail.clone(),
+                ))
+            }),
         ];
         let timeout = async {
             match deadline {
@@ -494,10 +507,11 @@ fn tail_push(tail: &Mutex<Tail>, line: &str) {
     }
 }
 
-/// Reads a pipe line by line into the log and the tail.
+/// Reads a pipe line by line into the log (as `step`'s lines) and the tail.
 async fn forward(
     pipe: impl AsyncRead + Unpin,
     stream: &'static str,
+    step: String,
     logs: mpsc::Sender<LogLine>,
     tail: Arc<Mutex<Tail>>,
 ) {
@@ -516,7 +530,13 @@ async fn forward(
         let line = String::from_utf8_lossy(&buffer).into_owned();
         tail_push(&tail, &line);
         // A closed channel means the job is being abandoned; keep draining the pipe.
-        let _ = logs.send(LogLine { stream, line }).await;
+        let _ = logs
+            .send(LogLine {
+                stream,
+                line,
+                step: Some(step.clone()),
+            })
+            .await;
     }
 }
 

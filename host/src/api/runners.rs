@@ -137,6 +137,8 @@ struct LogLine {
     #[serde(default = "stdout")]
     stream: String,
     line: String,
+    /// The step that printed the line.
+    step: Option<String>,
 }
 
 fn stdout() -> String {
@@ -302,8 +304,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     s.engine.runners().heartbeat(&id, &[], None).await?;
                     let lease = s
                         .engine
-                        .runners()
-                        .claim(&id, std::time::Duration::from_millis(wait))
+                        .runner_claim(&id, std::time::Duration::from_millis(wait))
                         .await?;
                     Ok(match lease {
                         Some(lease) => json_reply(StatusCode::OK, &json!(lease)),
@@ -344,7 +345,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                             "info"
                         };
                         // Masked before it is cut (in the engine), so a cut cannot split a secret.
-                        s.engine.runner_log(&context, level, &line.line).await?;
+                        s.engine
+                            .runner_log(&context, level, &line.line, line.step.as_deref())
+                            .await?;
                     }
                     Ok(warp::reply::Reply::into_response(StatusCode::NO_CONTENT))
                 }

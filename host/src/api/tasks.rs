@@ -537,7 +537,8 @@ async fn logs(
 /// Most lines a tail (`lines=`) returns.
 const MAX_TAIL_LINES: u64 = 10_000;
 
-/// Log lines as a JSON page, or as plain text: `<timestamp> <LEVEL> <message>`, one a line.
+/// Log lines as a JSON page, or as plain text: `<timestamp> [<step>] <LEVEL> <message>`, one
+/// a line (the step where the line has one).
 fn log_reply(entries: Vec<LogEntry>, as_text: bool, meta: LogPageMeta) -> Response {
     if !as_text {
         let data: Vec<Value> = entries
@@ -548,8 +549,13 @@ fn log_reply(entries: Vec<LogEntry>, as_text: bool, meta: LogPageMeta) -> Respon
     }
     let mut text = String::new();
     for entry in &entries {
+        let step = entry
+            .step
+            .as_ref()
+            .map(|step| format!("[{step}] "))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "{} {} {}\n",
+            "{} {step}{} {}\n",
             crate::model::timestamp::format(&entry.timestamp),
             entry.level.to_uppercase(),
             entry.message

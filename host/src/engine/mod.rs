@@ -42,7 +42,7 @@ pub use error_records::{ERRORS_COLLECTION, ErrorReport, MAX_STACK_TRACE};
 pub use feed::EventFeed;
 pub use progress::ProgressReport;
 pub use projects::{Project, ProjectQuery, ProjectSort};
-pub use reports::{ReportedError, TaskUpdate};
+pub use reports::{RUNNER_LABEL, ReportedError, TaskUpdate};
 pub use retention::RetentionConfig;
 pub use stats::{MAX_RECENT, Stats, StatsQuery};
 

@@ -86,13 +86,49 @@ impl TaskUpdate {
     }
 }
 
+/// The host's own label on a delegated task: the runner that last took one of its jobs, so
+/// that `label.taskhost/runner=<id>` lists a runner's tasks.
+pub const RUNNER_LABEL: &str = "taskhost/runner";
+
 impl Engine {
-    /// Stores a log line a runner sent about a job of `job.task_id`, masked.
+    /// A job for `runner_id` (waiting up to `wait` for one); its task is labelled with the
+    /// runner. The lease stands even when the label cannot be written (the task gone).
+    pub async fn runner_claim(
+        &self,
+        runner_id: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<runners::Lease>, EngineError> {
+        let Some(lease) = self.inner.runners.claim(runner_id, wait).await? else {
+            return Ok(None);
+        };
+        let labelled = self
+            .inner
+            .modify(&lease.task_id, |task| {
+                if task.labels.get(RUNNER_LABEL).map(String::as_str) == Some(runner_id) {
+                    return Err(EngineError::Conflict(String::new()));
+                }
+                task.labels
+                    .insert(RUNNER_LABEL.to_owned(), runner_id.to_owned());
+                Ok(Vec::new())
+            })
+            .await;
+        match labelled {
+            Ok(_) | Err(EngineError::Conflict(_)) => {}
+            Err(e) => {
+                tracing::warn!(task = %lease.task_id, error = %e, "could not label a task with its runner");
+            }
+        }
+        Ok(Some(lease))
+    }
+
+    /// Stores a log line a runner sent about a job of `job.task_id`, masked. A line the runner
+    /// did not place in a step is the task's current step's.
     pub async fn runner_log(
         &self,
         job: &JobContext,
         level: &str,
         line: &str,
+        step: Option<&str>,
     ) -> Result<(), EngineError> {
         let task = self
             .inner
@@ -101,7 +137,17 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::TaskNotFound(job.task_id.clone()))?;
         let line = runners::keep_end(&redact(line, &job.secrets), runners::MAX_LINE_BYTES);
-        self.inner.storage.append_log(&task, level, &line).await?;
+        let step = match step {
+            Some(step) => Some(runners::keep_end(
+                &redact(step, &job.secrets),
+                runners::MAX_STEP_NAME,
+            )),
+            None => task.progress.current_step.clone(),
+        };
+        self.inner
+            .storage
+            .append_log(&task, level, &line, step.as_deref())
+            .await?;
         Ok(())
     }
 
@@ -127,12 +173,13 @@ impl Engine {
         } else {
             "warn"
         };
+        let step = outcome.name.clone();
         let context = self
             .inner
             .runners
             .step_finished(runner_id, job_id, outcome)
             .await?;
-        self.runner_log(&context, level, &line).await
+        self.runner_log(&context, level, &line, Some(&step)).await
     }
 
     /// Ends a job with its runner's outcome; the task's log says how it ended and lists what
@@ -155,14 +202,14 @@ impl Engine {
                 "artifact {} ({} bytes, sha256 {})",
                 artifact.path, artifact.size_bytes, artifact.sha256
             );
-            self.runner_log(&context, "info", &line).await?;
+            self.runner_log(&context, "info", &line, None).await?;
         }
         let status = serde_json::to_value(state.status).unwrap_or_default();
         let line = format!(
             "job {job_id} ended {} on runner {runner_id}",
             status.as_str().unwrap_or("")
         );
-        self.runner_log(&context, "info", &line).await?;
+        self.runner_log(&context, "info", &line, None).await?;
         Ok(state)
     }
 

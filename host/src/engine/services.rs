@@ -78,13 +78,16 @@ fn wit_job_state(state: runners::JobState) -> JobState {
 
 pub(crate) struct EngineServices {
     inner: Arc<Inner>,
-    /// The task as it started; its id, owner, plugin and labels do not change during a run.
+    /// The task as it started; its id, owner, plugin and labels (but the host's own
+    /// `taskhost/` ones) do not change during a run.
     task: Task,
     children: std::sync::atomic::AtomicU64,
     /// This run's secret values: masked out of everything it reports.
     secrets: Vec<String>,
     /// Names this run among the task's runs, so that a later run can adopt its jobs.
     run: String,
+    /// The step this run last reported: its log lines are that step's.
+    current_step: std::sync::Mutex<Option<String>>,
 }
 
 impl EngineServices {
@@ -95,7 +98,15 @@ impl EngineServices {
             children: std::sync::atomic::AtomicU64::new(0),
             secrets,
             run: uuid::Uuid::now_v7().to_string(),
+            current_step: std::sync::Mutex::new(task.progress.current_step.clone()),
         }
+    }
+
+    fn current_step(&self) -> Option<String> {
+        self.current_step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A plugin may wait on and cancel only the jobs its own task dispatched.
@@ -203,7 +214,14 @@ impl TaskServices for EngineServices {
             })
             .await;
         match result {
-            Ok(_) | Err(EngineError::Conflict(_)) => {}
+            Ok((task, _)) => {
+                *self
+                    .current_step
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    task.progress.current_step;
+            }
+            Err(EngineError::Conflict(_)) => {}
             // Refused, not dropped silently: the task's log says why.
             Err(EngineError::Validation { message, .. }) => {
                 self.log(
@@ -221,7 +239,12 @@ impl TaskServices for EngineServices {
         if let Err(e) = self
             .inner
             .storage
-            .append_log(&self.task, level_name(level), &message)
+            .append_log(
+                &self.task,
+                level_name(level),
+                &message,
+                self.current_step().as_deref(),
+            )
             .await
         {
             warn!(task = %self.task.id, error = %e, "could not store a log line");

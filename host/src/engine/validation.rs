@@ -13,6 +13,9 @@ use crate::model::Executor;
 use crate::policy;
 
 const MAX_LABELS: usize = 32;
+/// Labels the host sets itself ([`super::reports::RUNNER_LABEL`]); a client may filter by
+/// them but not set them.
+const HOST_LABEL_PREFIX: &str = "taskhost/";
 const MAX_DEPENDENCIES: usize = 100;
 const MAX_REPORTERS: usize = 16;
 /// Longest task title, in characters.
@@ -55,6 +58,11 @@ impl Engine {
             )));
         }
         for (key, value) in &new.labels {
+            if key.starts_with(HOST_LABEL_PREFIX) {
+                return Err(EngineError::validation(format!(
+                    "label {key:?}: labels under {HOST_LABEL_PREFIX:?} are the host's own"
+                )));
+            }
             if !valid_label_key(key) || !valid_label_value(value) {
                 return Err(EngineError::validation(format!(
                     "label {key:?}: keys are 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '/'; \

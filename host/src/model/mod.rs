@@ -389,6 +389,10 @@ pub struct LogEntry {
     pub message: String,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
+    // Fields added since log lines were first stored go here, at the end (storage::codec).
+    /// The step that wrote the line (a runner job's step, or the task's current step).
+    #[serde(default)]
+    pub step: Option<String>,
 }
 
 /// An item a plugin emitted.

@@ -33,7 +33,9 @@ pub use crate::model::runner::{
     Artifact, Fact, JobStatus, ResourceUsage, RunnerProfile, StepOutcome,
 };
 pub use fleet::{CurrentJob, FleetSummary, RunnerFilter, RunnerList, RunnerState, RunnerView};
-pub use spec::{JobSpec, MAX_ARTIFACTS, MAX_LINE_BYTES, MAX_OUTPUT_TAIL, StepSpec, keep_end};
+pub use spec::{
+    JobSpec, MAX_ARTIFACTS, MAX_LINE_BYTES, MAX_OUTPUT_TAIL, MAX_STEP_NAME, StepSpec, keep_end,
+};
 
 use crate::auth::{SecretBox, random_token, sha256_hex};
 use crate::storage::runner_store::{JobRecord, RunnerRecord};

@@ -8,6 +8,8 @@ use crate::model::runner::Artifact;
 
 /// Longest log line a runner reports that is kept.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest step name a log line is placed in.
+pub const MAX_STEP_NAME: usize = 256;
 /// Longest step output tail kept.
 pub const MAX_OUTPUT_TAIL: usize = 64 * 1024;
 

@@ -18,8 +18,8 @@ use crate::model::{Event, EventData, EventKind, timestamp};
 /// zero bytes appended, one per field it lacks (up to [`MAX_APPENDED_FIELDS`]); one of the
 /// current generation must be whole.
 ///
-/// Generation 2 added `Task::title` and `Task::duration_seconds`.
-const COMPACT: u8 = 2;
+/// Generation 2 added `Task::title` and `Task::duration_seconds`; 3 added `LogEntry::step`.
+const COMPACT: u8 = 3;
 /// The first compact generation.
 const COMPACT_FIRST: u8 = 1;
 const MAX_APPENDED_FIELDS: usize = 8;
@@ -168,6 +168,33 @@ mod tests {
             "timestamp": "2025-12-02T06:00:00.123Z", "owner": "alice", "plugin": "testkit",
         });
         assert!(decode_event(&serde_json::to_vec(&unknown).expect("json")).is_err());
+    }
+
+    #[test]
+    fn a_log_line_written_before_steps_were_kept_reads_without_one() {
+        let entry = crate::model::LogEntry {
+            seq: 4,
+            level: "info".into(),
+            message: "Installing dependencies".into(),
+            timestamp: chrono::DateTime::from_timestamp_micros(1_764_655_200_123_456)
+                .expect("time"),
+            step: None,
+        };
+        let current = encode(&entry).expect("compact");
+        let mut older = current[..current.len() - 1].to_vec();
+        older[0] = 2;
+        assert_eq!(
+            decode::<crate::model::LogEntry>(&older).expect("generation 2 reads"),
+            entry
+        );
+        let stepped = crate::model::LogEntry {
+            step: Some("build".into()),
+            ..entry
+        };
+        assert_eq!(
+            decode::<crate::model::LogEntry>(&encode(&stepped).expect("compact")).expect("read"),
+            stepped
+        );
     }
 
     #[test]

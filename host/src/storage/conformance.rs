@@ -440,7 +440,10 @@ async fn retention_prunes_only_finished_tasks_oldest_first_with_their_events(
                 .expect("finished");
             t = done;
         }
-        store.append_log(&t, "info", "a line").await.expect("log");
+        store
+            .append_log(&t, "info", "a line", None)
+            .await
+            .expect("log");
     }
     store.sync().await.expect("durable");
 
@@ -511,8 +514,14 @@ async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
     let store = backend.open().await;
     let t = task("x", "p", "alice", TaskStatus::Running, 0);
     store.create_task(&t, &created()).await.expect("created");
-    let first = store.append_log(&t, "info", "one").await.expect("log");
-    store.append_log(&t, "warn", "two").await.expect("log");
+    let first = store
+        .append_log(&t, "info", "one", None)
+        .await
+        .expect("log");
+    store
+        .append_log(&t, "warn", "two", Some("build"))
+        .await
+        .expect("log");
     for key in ["k1", "k2", "k3"] {
         store
             .put_record(
@@ -534,6 +543,11 @@ async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
         logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
         ["one", "two"]
     );
+    assert_eq!(
+        logs.iter().map(|l| l.step.as_deref()).collect::<Vec<_>>(),
+        [None, Some("build")],
+        "a line keeps the step that wrote it"
+    );
     assert_eq!(store.logs("x", first.seq, 10).await.expect("logs").len(), 1);
 
     // A tail is the newest lines of that task alone, oldest first.
@@ -542,9 +556,12 @@ async fn logs_records_and_plugin_data_round_trip(backend: &mut impl Backend) {
         .create_task(&neighbour, &created())
         .await
         .expect("created");
-    store.append_log(&t, "info", "three").await.expect("log");
     store
-        .append_log(&neighbour, "info", "not x's")
+        .append_log(&t, "info", "three", None)
+        .await
+        .expect("log");
+    store
+        .append_log(&neighbour, "info", "not x's", None)
         .await
         .expect("log");
     store.sync().await.expect("durable");

@@ -295,12 +295,13 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StorageError>;
 
-    /// Appends a log line and its `log` event.
+    /// Appends a log line and its `log` event; `step` names the step that wrote it.
     async fn append_log(
         &self,
         task: &Task,
         level: &str,
         message: &str,
+        step: Option<&str>,
     ) -> Result<Event, StorageError>;
 
     /// Log lines of a task with `seq` after `after_seq`, oldest first.

@@ -634,6 +634,7 @@ impl Storage for SledStorage {
         task: &Task,
         level: &str,
         message: &str,
+        step: Option<&str>,
     ) -> Result<Event, StorageError> {
         let mut state = self.lock();
         let mut batch = Writes::default();
@@ -652,6 +653,7 @@ impl Storage for SledStorage {
             level: level.to_owned(),
             message: message.to_owned(),
             timestamp: event.timestamp,
+            step: step.map(str::to_owned),
         };
         batch.insert(
             key(&[b"l", task.id.as_bytes(), &event.seq.to_be_bytes()]),

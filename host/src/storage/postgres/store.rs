@@ -227,6 +227,7 @@ impl Storage for PgStorage {
         task: &Task,
         level: &str,
         message: &str,
+        step: Option<&str>,
     ) -> Result<Event, StorageError> {
         let mut tx = self.begin().await?;
         let stored = events::append(
@@ -247,6 +248,7 @@ impl Storage for PgStorage {
             level: level.to_owned(),
             message: message.to_owned(),
             timestamp: event.timestamp,
+            step: step.map(str::to_owned),
         };
         sqlx::query("INSERT INTO task_logs (task_id, seq, body) VALUES ($1, $2, $3)")
             .bind(&task.id)
