@@ -117,6 +117,8 @@ pub struct Config {
     pub runners: RunnerConfig,
     /// Compatibility façades of the systems taskhost replaces.
     pub compat: CompatConfig,
+    /// GitHub Actions `workflow_job` webhooks as delegated jobs.
+    pub github: crate::github::GithubConfig,
     /// Operator grants by plugin name, for bundled plugins and those in `plugins_dir`
     /// without a `.toml` of their own.
     pub plugins: BTreeMap<String, Grants>,
@@ -141,6 +143,7 @@ impl Default for Config {
             streams: StreamConfig::default(),
             runners: RunnerConfig::default(),
             compat: CompatConfig::default(),
+            github: crate::github::GithubConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -248,6 +251,7 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("plugins.{name}: {e}")))?;
         }
         self.streams.validate().map_err(ConfigError::Invalid)?;
+        self.github.validate().map_err(ConfigError::Invalid)?;
         self.storage.validate().map_err(ConfigError::Invalid)?;
         let r = &self.runners;
         if r.heartbeat_interval_s == 0

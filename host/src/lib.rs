@@ -25,6 +25,7 @@ pub mod bundled;
 pub mod compat;
 pub mod config;
 pub mod engine;
+pub mod github;
 pub mod membership;
 pub mod model;
 pub mod policy;

@@ -16,6 +16,7 @@ mod compat_gitlab_crawler;
 mod compat_teamcache;
 mod contract;
 mod crash;
+mod github;
 mod gitlab;
 mod hardening;
 mod harness;

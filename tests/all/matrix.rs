@@ -306,6 +306,24 @@ const EXPECTED: &[(&str, &str, &str, [&str; 6])] = &[
         ["401", "ok", "ok", "ok", "401", "ok"],
     ),
     (
+        "post",
+        "/api/v1/github/webhook",
+        r#"{}"#,
+        ["ok", "ok", "ok", "ok", "ok", "ok"],
+    ),
+    (
+        "get",
+        "/api/v1/github/repositories",
+        "",
+        ["401", "ok", "ok", "ok", "401", "ok"],
+    ),
+    (
+        "get",
+        "/api/v1/github/status",
+        "",
+        ["401", "ok", "ok", "ok", "401", "ok"],
+    ),
+    (
         "get",
         "/api/v1/streams",
         "",

@@ -14,6 +14,7 @@ use warp::{Rejection, Reply};
 use super::request;
 use crate::auth::AuthError;
 use crate::engine::EngineError;
+use crate::github::GithubError;
 use crate::registry::RegistryError;
 use crate::runners::RunnerError;
 
@@ -240,6 +241,31 @@ impl From<RunnerError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
             }
             RunnerError::Storage(cause) => ApiError::storage(cause),
+        }
+    }
+}
+
+impl From<GithubError> for ApiError {
+    fn from(error: GithubError) -> Self {
+        match error {
+            GithubError::Disabled => {
+                ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", error.to_string())
+            }
+            GithubError::NoSecret => {
+                tracing::warn!("a GitHub delivery arrived but the webhook secret is not set");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the webhook is not configured on this host",
+                )
+            }
+            GithubError::BadSignature => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_SIGNATURE",
+                error.to_string(),
+            ),
+            GithubError::Invalid(message) => ApiError::validation(message),
+            GithubError::Engine(e) => e.into(),
         }
     }
 }

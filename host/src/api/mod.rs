@@ -6,6 +6,7 @@
 mod auth_routes;
 mod error;
 mod follow;
+mod github;
 pub mod openapi;
 mod plugins;
 pub mod ratelimit;
@@ -466,6 +467,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(runners::routes(state.clone()))
         .unify()
         .or(auth_routes::routes(state.clone()))
+        .unify()
+        .or(github::routes(state.clone()))
         .unify()
         .or(system::api_routes(state.clone()))
         .unify();

@@ -240,6 +240,11 @@ impl Engine {
         &self.inner.runners
     }
 
+    /// The store, for the host's own integrations that keep state beside the tasks.
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
     pub fn registry(&self) -> &Arc<PluginRegistry> {
         &self.inner.registry
     }
