@@ -13,6 +13,7 @@ mod cluster_runners;
 mod compat_agent_tracker;
 mod compat_build_analysis;
 mod compat_gitlab_crawler;
+mod compat_runnerhub;
 mod compat_teamcache;
 mod contract;
 mod crash;

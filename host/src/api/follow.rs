@@ -75,6 +75,19 @@ fn stored_line(entry: &LogEntry) -> warp::sse::Event {
 
 /// The stored lines after `after_seq`, then new ones as they are written. Subscribing before
 /// reading the stored lines leaves no gap; the seq check leaves no duplicate.
+/// Follows a task's log from its last `lines` lines.
+pub async fn follow_from_tail(
+    principal: &Principal,
+    credentials: Credentials,
+    state: &AppState,
+    id: &str,
+    lines: usize,
+) -> Result<Response, ApiError> {
+    let (_, tail) = state.engine.log_tail(principal, id, lines.max(1)).await?;
+    let after_seq = tail.first().map_or(0, |e| e.seq.saturating_sub(1));
+    follow_logs(principal, credentials, state, id, after_seq, None).await
+}
+
 pub async fn follow_logs(
     principal: &Principal,
     credentials: Credentials,

@@ -22,9 +22,7 @@ use super::{
     respond,
 };
 use crate::auth::Principal;
-use crate::runners::{
-    Artifact, Fact, JobStatus, RunnerFilter, RunnerProfile, RunnerState, StepOutcome,
-};
+use crate::runners::{Artifact, Fact, JobStatus, RunnerFilter, RunnerProfile, StepOutcome};
 
 /// Lines one log report may carry.
 const MAX_LOG_LINES: usize = 1000;
@@ -172,25 +170,10 @@ struct Finish {
 /// `?status=online|offline|busy|idle&labels=a,b` of a runner listing.
 fn runner_filter(raw: &str) -> Result<RunnerFilter, ApiError> {
     let query = Query::parse(raw, &["status", "labels"], false)?;
-    let state = match query.get("status") {
-        Some(text) => Some(RunnerState::parse(text).ok_or_else(|| {
-            ApiError::validation(format!(
-                "status is online, offline, busy or idle, not {text:?}"
-            ))
-        })?),
-        None => None,
-    };
-    let labels = query
-        .get("labels")
-        .map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(RunnerFilter { state, labels })
+    Ok(RunnerFilter::parse(
+        query.get("status"),
+        query.get("labels"),
+    )?)
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {

@@ -503,12 +503,11 @@ async fn logs(
             ));
         }
         let lines = query.u64_in("lines", 1, MAX_TAIL_LINES, 100)? as usize;
-        let (_, tail) = state.engine.log_tail(principal, id, lines).await?;
         if follow {
             // The tail, then what comes after it.
-            let after_seq = tail.first().map_or(0, |e| e.seq.saturating_sub(1));
-            return follow::follow_logs(principal, credentials, state, id, after_seq, None).await;
+            return follow::follow_from_tail(principal, credentials, state, id, lines).await;
         }
+        let (_, tail) = state.engine.log_tail(principal, id, lines).await?;
         return Ok(log_reply(tail, as_text, LogPageMeta { limit: lines }));
     }
     // `since` is a log seq, or a timestamp.

@@ -27,6 +27,7 @@ pub struct CompatConfig {
     pub agent_tracker: agent_tracker::AgentTrackerConfig,
     pub build_analysis: build_analysis::BuildAnalysisConfig,
     pub teamcache: teamcache::TeamCacheConfig,
+    pub runnerhub: runnerhub::RunnerHubConfig,
 }
 
 /// What every façade's section holds.
@@ -38,12 +39,13 @@ pub trait FacadeSettings {
 }
 
 impl CompatConfig {
-    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 4] {
+    fn facades(&self) -> [(&'static str, &dyn FacadeSettings); 5] {
         [
             ("compat.gitlab_crawler", &self.gitlab_crawler),
             ("compat.agent_tracker", &self.agent_tracker),
             ("compat.build_analysis", &self.build_analysis),
             ("compat.teamcache", &self.teamcache),
+            ("compat.runnerhub", &self.runnerhub),
         ]
     }
 
@@ -94,6 +96,9 @@ pub fn mounted_routes(state: &AppState) -> Option<BoxedFilter<(Response,)>> {
     if compat.teamcache.enabled && compat.teamcache.listen.is_none() {
         add(teamcache::routes(state.clone(), false));
     }
+    if compat.runnerhub.enabled && compat.runnerhub.listen.is_none() {
+        add(runnerhub::routes(state.clone(), false));
+    }
     mounted
 }
 
@@ -104,6 +109,7 @@ pub fn routes_of(state: &AppState, section: &str) -> Option<BoxedFilter<(Respons
         "compat.agent_tracker" => Some(agent_tracker::routes(state.clone())),
         "compat.build_analysis" => Some(build_analysis::routes(state.clone())),
         "compat.teamcache" => Some(teamcache::routes(state.clone(), true)),
+        "compat.runnerhub" => Some(runnerhub::routes(state.clone(), true)),
         _ => None,
     }
 }
@@ -173,6 +179,7 @@ pub(crate) use facade_settings;
 pub mod agent_tracker;
 pub mod build_analysis;
 pub mod gitlab_crawler;
+pub mod runnerhub;
 pub mod teamcache;
 
 /// The request parts façade handlers read: headers and the raw query.

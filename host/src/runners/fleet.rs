@@ -97,6 +97,28 @@ pub struct RunnerFilter {
 }
 
 impl RunnerFilter {
+    /// From a listing's `status` (`online`, `offline`, `busy`, `idle`) and `labels` (`a,b`).
+    pub fn parse(status: Option<&str>, labels: Option<&str>) -> Result<Self, RunnerError> {
+        let state = match status {
+            Some(text) => Some(RunnerState::parse(text).ok_or_else(|| {
+                invalid(format!(
+                    "status is online, offline, busy or idle, not {text:?}"
+                ))
+            })?),
+            None => None,
+        };
+        let labels = labels
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self { state, labels })
+    }
+
     pub fn matches(&self, runner: &RunnerView) -> bool {
         self.state.is_none_or(|s| s.matches(runner))
             && self.labels.iter().all(|l| runner.labels.contains(l))
